@@ -1,0 +1,80 @@
+from django.conf import settings
+from django.db import models
+
+
+class ResourcePool(models.Model):
+    """A group of Docker engines (nodes) that services are placed on.
+
+    A public pool is offered to every user; a dedicated pool only to its owner.
+    """
+
+    name = models.SlugField(max_length=64, unique=True)
+    description = models.CharField(max_length=200, blank=True)
+    is_public = models.BooleanField(default=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="dedicated_pools",
+        help_text="Owner of a dedicated pool; empty for a public pool.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-is_public", "name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(is_public=True, owner__isnull=True) | models.Q(is_public=False, owner__isnull=False),
+                name="pool_public_xor_owner",
+                violation_error_message="A public pool has no owner; a dedicated pool has one.",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Node(models.Model):
+    """One Docker engine. Its capacity is read from the engine by the reconcile loop."""
+
+    pool = models.ForeignKey(ResourcePool, on_delete=models.PROTECT, related_name="nodes")
+    name = models.SlugField(max_length=64, unique=True)
+    docker_host = models.CharField(
+        max_length=200, help_text="Docker API address, e.g. unix:///var/run/docker.sock"
+    )
+    is_enabled = models.BooleanField(default=True)
+    gpu_count = models.PositiveIntegerField(default=0, help_text="GPUs the operator made available on this engine.")
+    cpu_count = models.PositiveIntegerField(default=0, editable=False)
+    memory_mib = models.PositiveIntegerField(default=0, editable=False)
+    is_reachable = models.BooleanField(default=False, editable=False)
+    last_error = models.CharField(max_length=300, blank=True, editable=False)
+    checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["pool__name", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Flavor(models.Model):
+    """A compute specification: the CPU and memory limits of one instance."""
+
+    code = models.CharField(max_length=64, unique=True, help_text="e.g. cpu.1u1g")
+    display_name = models.CharField(max_length=100)
+    cpus = models.DecimalField(max_digits=5, decimal_places=2)
+    memory_mib = models.PositiveIntegerField()
+    gpus = models.PositiveIntegerField(default=0)
+    is_free = models.BooleanField(default=False)
+    sort_order = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["sort_order", "code"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(cpus__gt=0), name="flavor_cpus_positive"),
+            models.CheckConstraint(condition=models.Q(memory_mib__gte=16), name="flavor_memory_min"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.display_name} ({self.code})"

@@ -1,0 +1,211 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class VersionStatus(models.TextChoices):
+    CHECKING = "checking", "Checking"
+    NORMAL = "normal", "Normal"
+    FAILED = "failed", "Failed"
+
+
+class AIApplication(models.Model):
+    """A model server a user registered; deployable through its versions."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ai_applications")
+    name = models.CharField(max_length=64)
+    description = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="ai_application_unique_name_per_owner"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AIApplicationVersion(models.Model):
+    class Source(models.TextChoices):
+        CONTAINER_IMAGE = "container_image", "Container image"
+
+    application = models.ForeignKey(AIApplication, on_delete=models.CASCADE, related_name="versions")
+    version = models.CharField(max_length=32)
+    source = models.CharField(max_length=32, choices=Source.choices, default=Source.CONTAINER_IMAGE)
+    image = models.CharField(max_length=255)
+    container_port = models.PositiveIntegerField(default=8080)
+    health_path = models.CharField(max_length=200, default="/health")
+    predict_path = models.CharField(max_length=200, default="/predict")
+    is_websocket = models.BooleanField(default=False)
+    status = models.CharField(max_length=16, choices=VersionStatus.choices, default=VersionStatus.CHECKING)
+    status_reason = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["application__name", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["application", "version"], name="ai_version_unique_per_application"),
+            models.CheckConstraint(
+                condition=models.Q(container_port__gte=1, container_port__lte=65535), name="ai_version_port_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.application.name} {self.version}"
+
+    @property
+    def is_deployable(self) -> bool:
+        return self.status == VersionStatus.NORMAL
+
+
+class ServiceStatus(models.TextChoices):
+    DEPLOYING = "deploying", "Deploying"
+    RUNNING = "running", "Running"
+    ALARM = "alarm", "Alarm"
+    ABNORMAL = "abnormal", "Abnormal"
+    FAILED = "failed", "Failed"
+    STOPPING = "stopping", "Stopping"
+    STOPPED = "stopped", "Stopped"
+    DELETING = "deleting", "Deleting"
+
+
+# The transitions are written once here; every status write goes through
+# services.actions.service_transition, which refuses anything not listed.
+SERVICE_TRANSITIONS: dict[str, frozenset[str]] = {
+    ServiceStatus.DEPLOYING: frozenset({ServiceStatus.RUNNING, ServiceStatus.FAILED, ServiceStatus.DELETING}),
+    ServiceStatus.RUNNING: frozenset(
+        {ServiceStatus.ALARM, ServiceStatus.ABNORMAL, ServiceStatus.STOPPING, ServiceStatus.DELETING}
+    ),
+    ServiceStatus.ALARM: frozenset(
+        {ServiceStatus.RUNNING, ServiceStatus.ABNORMAL, ServiceStatus.STOPPING, ServiceStatus.DELETING}
+    ),
+    ServiceStatus.ABNORMAL: frozenset(
+        {ServiceStatus.RUNNING, ServiceStatus.ALARM, ServiceStatus.STOPPING, ServiceStatus.DELETING}
+    ),
+    ServiceStatus.FAILED: frozenset({ServiceStatus.DEPLOYING, ServiceStatus.DELETING}),
+    ServiceStatus.STOPPING: frozenset({ServiceStatus.STOPPED, ServiceStatus.DELETING}),
+    ServiceStatus.STOPPED: frozenset({ServiceStatus.DEPLOYING, ServiceStatus.DELETING}),
+    ServiceStatus.DELETING: frozenset(),
+}
+
+TRANSITIONAL_STATUSES = frozenset({ServiceStatus.DEPLOYING, ServiceStatus.STOPPING, ServiceStatus.DELETING})
+SERVING_STATUSES = frozenset({ServiceStatus.RUNNING, ServiceStatus.ALARM, ServiceStatus.ABNORMAL})
+
+
+class Service(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="services")
+    name = models.CharField(max_length=64)
+    description = models.CharField(max_length=100, blank=True)
+    pool = models.ForeignKey("pools.ResourcePool", on_delete=models.PROTECT, related_name="services")
+    status = models.CharField(max_length=16, choices=ServiceStatus.choices, default=ServiceStatus.DEPLOYING)
+    status_reason = models.CharField(max_length=500, blank=True)
+    timeout_minutes = models.PositiveIntegerField(default=20)
+    is_websocket = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    status_changed_at = models.DateTimeField(auto_now_add=True)
+    # The task working on a transitional status holds a lease that it renews
+    # while it works; the reconcile loop re-enqueues the work once a lease has
+    # lapsed (e.g. the worker died), so no transition is ever stranded.
+    lease_token = models.UUIDField(null=True, blank=True, editable=False)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="service_unique_name_per_owner"),
+            models.CheckConstraint(
+                condition=models.Q(timeout_minutes__gte=1, timeout_minutes__lte=120), name="service_timeout_range"
+            ),
+        ]
+        indexes = [models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_transitional(self) -> bool:
+        return self.status in TRANSITIONAL_STATUSES
+
+    def can_become(self, status: str) -> bool:
+        return status in SERVICE_TRANSITIONS[self.status]
+
+
+class ServiceVersionConfig(models.Model):
+    """One AI application version inside a service, with its own traffic weight,
+    flavor, instance count and environment."""
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="configs")
+    position = models.PositiveSmallIntegerField(default=0)
+    app_version = models.ForeignKey(AIApplicationVersion, on_delete=models.PROTECT, related_name="service_configs")
+    weight = models.PositiveSmallIntegerField(default=100)
+    flavor = models.ForeignKey("pools.Flavor", on_delete=models.PROTECT, related_name="service_configs")
+    instance_count = models.PositiveIntegerField(default=1)
+    envs = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["service", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["service", "position"], name="service_config_unique_position"),
+            models.CheckConstraint(condition=models.Q(weight__lte=100), name="service_config_weight_max"),
+            models.CheckConstraint(condition=models.Q(instance_count__gte=1), name="service_config_instances_min"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service.name} / {self.app_version}"
+
+
+class Instance(models.Model):
+    """One container of a service. Written before its container is created, so
+    the reconcile loop never mistakes a container being created for an orphan."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        CREATED = "created", "Created"
+        RUNNING = "running", "Running"
+        EXITED = "exited", "Exited"
+        MISSING = "missing", "Missing"
+        STOPPED = "stopped", "Stopped"
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="instances")
+    config = models.ForeignKey(ServiceVersionConfig, on_delete=models.CASCADE, related_name="instances")
+    index = models.PositiveIntegerField()
+    node = models.ForeignKey("pools.Node", on_delete=models.PROTECT, related_name="instances")
+    container_name = models.CharField(max_length=128, unique=True)
+    container_id = models.CharField(max_length=64, blank=True)
+    host_port = models.PositiveIntegerField(null=True, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    is_healthy = models.BooleanField(default=False)
+    restart_count = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["config__position", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["config", "index"], name="instance_unique_index_per_config"),
+        ]
+
+    def __str__(self) -> str:
+        return self.container_name
+
+
+class ServiceEvent(models.Model):
+    class Level(models.TextChoices):
+        INFO = "info", "Info"
+        WARNING = "warning", "Warning"
+        ERROR = "error", "Error"
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="events")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    level = models.CharField(max_length=8, choices=Level.choices, default=Level.INFO)
+    message = models.CharField(max_length=500)
+    detail = models.TextField(blank=True, help_text="e.g. the last log lines of a failed container")
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.message

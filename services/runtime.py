@@ -1,0 +1,250 @@
+"""The one module that speaks to Docker engines.
+
+Everything else in the project calls these functions with plain values and
+gets plain dataclasses back; no Docker SDK object leaves this module.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from requests.exceptions import ConnectionError as RequestsConnectionError
+from requests.exceptions import ReadTimeout
+
+LABEL_MANAGED = "rts.managed"
+LABEL_CONSOLE = "rts.console"
+LABEL_SERVICE = "rts.service"
+LABEL_CONFIG = "rts.config"
+LABEL_VERSION = "rts.version"
+LABEL_INSTANCE = "rts.instance"
+
+_clients: dict[str, docker.DockerClient] = {}
+_clients_lock = threading.Lock()
+
+
+class EngineError(Exception):
+    """The engine could not do what was asked; the message is fit for a user."""
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    cpu_count: int
+    memory_mib: int
+    server_version: str
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    image: str
+    container_port: int
+    cpus: float
+    memory_mib: int
+    environment: dict[str, str]
+    labels: dict[str, str]
+    publish_host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    name: str
+    container_id: str
+    state: str  # created, running, paused, restarting, removing, exited, dead
+    labels: dict[str, str] = field(default_factory=dict)
+    host_port: int | None = None
+    exit_code: int | None = None
+    error: str = ""
+
+    @property
+    def is_running(self) -> bool:
+        return self.state == "running"
+
+
+def _client(docker_host: str) -> docker.DockerClient:
+    with _clients_lock:
+        client = _clients.get(docker_host)
+        if client is None:
+            client = docker.DockerClient(base_url=docker_host, version="auto", timeout=30)
+            _clients[docker_host] = client
+        return client
+
+
+def _engine_error(docker_host: str, exc: Exception) -> EngineError:
+    if isinstance(exc, (RequestsConnectionError, ReadTimeout, FileNotFoundError)):
+        return EngineError(f"Docker engine at {docker_host} does not answer")
+    if isinstance(exc, APIError):
+        return EngineError(str(exc.explanation or exc))
+    return EngineError(f"Docker engine at {docker_host}: {exc}")
+
+
+def forget_client(docker_host: str) -> None:
+    """Drop a cached client, e.g. after the engine restarted or in a forked worker."""
+    with _clients_lock:
+        client = _clients.pop(docker_host, None)
+    if client is not None:
+        client.close()
+
+
+def engine_info(docker_host: str) -> EngineInfo:
+    try:
+        info = _client(docker_host).info()
+    except (DockerException, RequestsConnectionError, ReadTimeout, FileNotFoundError) as exc:
+        forget_client(docker_host)
+        raise _engine_error(docker_host, exc) from exc
+    return EngineInfo(
+        cpu_count=int(info.get("NCPU", 0)),
+        memory_mib=int(info.get("MemTotal", 0)) // (1024 * 1024),
+        server_version=str(info.get("ServerVersion", "")),
+    )
+
+
+def image_exists(docker_host: str, image: str) -> bool:
+    try:
+        _client(docker_host).api.inspect_image(image)
+        return True
+    except ImageNotFound:
+        return False
+    except (DockerException, RequestsConnectionError, ReadTimeout) as exc:
+        raise _engine_error(docker_host, exc) from exc
+
+
+def _info_from_summary(summary: dict) -> ContainerInfo:
+    """Build ContainerInfo from one entry of the engine's container list call."""
+    host_port = None
+    for port in summary.get("Ports") or []:
+        if port.get("PublicPort"):
+            host_port = int(port["PublicPort"])
+            break
+    names = summary.get("Names") or ["/"]
+    return ContainerInfo(
+        name=names[0].lstrip("/"),
+        container_id=summary.get("Id", ""),
+        state=summary.get("State", ""),
+        labels=summary.get("Labels") or {},
+        host_port=host_port,
+    )
+
+
+def _info_from_inspect(attrs: dict) -> ContainerInfo:
+    state = attrs.get("State") or {}
+    host_port = None
+    for bindings in ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).values():
+        for binding in bindings or []:
+            if binding.get("HostPort"):
+                host_port = int(binding["HostPort"])
+                break
+    return ContainerInfo(
+        name=attrs.get("Name", "").lstrip("/"),
+        container_id=attrs.get("Id", ""),
+        state=state.get("Status", ""),
+        labels=(attrs.get("Config") or {}).get("Labels") or {},
+        host_port=host_port,
+        exit_code=state.get("ExitCode"),
+        error=state.get("Error", ""),
+    )
+
+
+def list_managed_containers(docker_host: str, console_id: str) -> list[ContainerInfo]:
+    """All containers of this console on one engine, in a single list call."""
+    try:
+        summaries = _client(docker_host).api.containers(
+            all=True, filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_CONSOLE}={console_id}"]}
+        )
+    except (DockerException, RequestsConnectionError, ReadTimeout, FileNotFoundError) as exc:
+        forget_client(docker_host)
+        raise _engine_error(docker_host, exc) from exc
+    return [_info_from_summary(summary) for summary in summaries]
+
+
+def inspect_container(docker_host: str, name: str) -> ContainerInfo | None:
+    try:
+        return _info_from_inspect(_client(docker_host).api.inspect_container(name))
+    except NotFound:
+        return None
+    except (DockerException, RequestsConnectionError, ReadTimeout) as exc:
+        raise _engine_error(docker_host, exc) from exc
+
+
+def ensure_container_running(docker_host: str, spec: ContainerSpec) -> ContainerInfo:
+    """Create the container named spec.name unless it exists, and start it.
+
+    Safe to repeat: an existing container with that name is reused (and started
+    if it is not running), so a retried deploy never makes a second copy.
+    """
+    api = _client(docker_host).api
+    try:
+        try:
+            attrs = api.inspect_container(spec.name)
+        except NotFound:
+            attrs = None
+        if attrs is None:
+            host_config = api.create_host_config(
+                port_bindings={f"{spec.container_port}/tcp": (spec.publish_host, None)},
+                nano_cpus=int(spec.cpus * 1_000_000_000),
+                mem_limit=f"{spec.memory_mib}m",
+                # Only the limits above and the values below come from users:
+                # no mounts, devices, capabilities or host networking.
+                privileged=False,
+                network_mode="bridge",
+                init=True,
+            )
+            try:
+                api.create_container(
+                    image=spec.image,
+                    name=spec.name,
+                    environment=spec.environment,
+                    labels=spec.labels,
+                    ports=[spec.container_port],
+                    host_config=host_config,
+                    detach=True,
+                )
+            except APIError as exc:
+                # Lost a race with another run creating the same name: reuse it.
+                if exc.status_code != 409:
+                    raise
+        attrs = api.inspect_container(spec.name)
+        if not (attrs.get("State") or {}).get("Running"):
+            api.start(spec.name)
+            attrs = api.inspect_container(spec.name)
+    except ImageNotFound as exc:
+        raise EngineError(f"image {spec.image} not found on the engine") from exc
+    except (DockerException, RequestsConnectionError, ReadTimeout) as exc:
+        raise _engine_error(docker_host, exc) from exc
+    return _info_from_inspect(attrs)
+
+
+def container_logs(docker_host: str, name: str, tail: int = 50) -> str:
+    try:
+        raw = _client(docker_host).api.logs(name, stdout=True, stderr=True, tail=tail, timestamps=False)
+    except NotFound:
+        return ""
+    except (DockerException, RequestsConnectionError, ReadTimeout) as exc:
+        raise _engine_error(docker_host, exc) from exc
+    return raw.decode("utf-8", errors="replace")
+
+
+def stop_container(docker_host: str, name: str, timeout: int = 10) -> None:
+    try:
+        _client(docker_host).api.stop(name, timeout=timeout)
+    except NotFound:
+        return
+    except (DockerException, RequestsConnectionError, ReadTimeout) as exc:
+        raise _engine_error(docker_host, exc) from exc
+
+
+def remove_container(docker_host: str, name: str) -> None:
+    """Remove a container whatever its state; a missing one is already removed."""
+    try:
+        _client(docker_host).api.remove_container(name, force=True)
+    except NotFound:
+        return
+    except APIError as exc:
+        # 409: removal already in progress; the engine will finish it.
+        if exc.status_code == 409:
+            return
+        raise _engine_error(docker_host, exc) from exc
+    except (DockerException, RequestsConnectionError, ReadTimeout) as exc:
+        raise _engine_error(docker_host, exc) from exc

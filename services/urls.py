@@ -1,0 +1,19 @@
+from django.urls import path
+
+from services import views
+
+app_name = "services"
+
+urlpatterns = [
+    path("", views.service_list, name="list"),
+    path("services/deploy/", views.service_deploy, name="deploy"),
+    path("services/deploy/flavors/", views.service_deploy_flavors, name="deploy_flavors"),
+    path("services/<uuid:service_id>/", views.service_detail, name="detail"),
+    path("services/<uuid:service_id>/start/", views.service_start, name="start"),
+    path("services/<uuid:service_id>/stop/", views.service_stop, name="stop"),
+    path("services/<uuid:service_id>/delete/", views.service_delete, name="delete"),
+    path("applications/", views.application_list, name="applications"),
+    path("applications/register/", views.application_register, name="application_register"),
+    path("applications/versions/<int:version_id>/recheck/", views.application_version_recheck, name="version_recheck"),
+    path("applications/<int:application_id>/delete/", views.application_delete, name="application_delete"),
+]

@@ -1,0 +1,348 @@
+"""The one set of rules for a service request.
+
+The Deploy form and the REST API both turn their input into the plain
+structure `parse_deploy_request` takes, so a rule reads the same everywhere.
+Error keys are field names; a version configuration's fields are keyed
+`configs.<n>.<field>`.
+"""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from pools.models import Flavor, ResourcePool
+from pools.selectors import flavor_options_for_pool, pool_list_for
+from services.models import AIApplicationVersion, Service, VersionStatus
+
+SERVICE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_ENV_VARS = 100
+MAX_ENV_VALUE_LENGTH = 4096
+
+
+class RequestInvalid(Exception):
+    def __init__(self, errors: dict[str, list[str]]):
+        super().__init__("; ".join(f"{key}: {' '.join(msgs)}" for key, msgs in errors.items()))
+        self.errors = errors
+
+
+@dataclass
+class VersionConfigRequest:
+    app_version: AIApplicationVersion
+    flavor: Flavor
+    instance_count: int
+    weight: int
+    envs: dict[str, str]
+
+
+@dataclass
+class DeployRequest:
+    name: str
+    description: str
+    pool: ResourcePool
+    timeout_minutes: int
+    is_websocket: bool
+    configs: list[VersionConfigRequest] = field(default_factory=list)
+
+
+class _Errors(dict):
+    def add(self, key: str, message: str) -> None:
+        self.setdefault(key, []).append(message)
+
+
+def _as_int(value: Any, errors: _Errors, key: str, label: str, low: int, high: int, default: int | None = None):
+    if value is None or value == "":
+        if default is not None:
+            return default
+        errors.add(key, f"{label} is required.")
+        return None
+    if isinstance(value, bool):
+        errors.add(key, f"{label} must be a whole number.")
+        return None
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        errors.add(key, f"{label} must be a whole number.")
+        return None
+    if not low <= number <= high:
+        errors.add(key, f"{label} must be between {low} and {high}.")
+        return None
+    return number
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "on", "yes")
+
+
+def validate_service_name(name: str, errors: _Errors, *, owner, exclude_id=None) -> None:
+    if not name:
+        errors.add("name", "Name is required.")
+    elif len(name) > 64:
+        errors.add("name", "Name must be at most 64 characters.")
+    elif not SERVICE_NAME_RE.match(name):
+        errors.add("name", "Name must start with a letter and contain only letters, digits, '-' and '_'.")
+    else:
+        taken = Service.objects.filter(owner=owner, name=name)
+        if exclude_id is not None:
+            taken = taken.exclude(id=exclude_id)
+        if taken.exists():
+            errors.add("name", f"You already have a service named {name}.")
+
+
+def parse_envs(raw: Any, errors: _Errors, key: str) -> dict[str, str]:
+    """Environment variables as a dict, from a dict or a list of {key, value} rows."""
+    if raw in (None, ""):
+        return {}
+    if isinstance(raw, Mapping):
+        rows = [(k, v) for k, v in raw.items()]
+    elif isinstance(raw, list):
+        rows = []
+        for row in raw:
+            if not isinstance(row, Mapping):
+                errors.add(key, "Environment variables must be key/value pairs.")
+                return {}
+            rows.append((row.get("key", ""), row.get("value", "")))
+    else:
+        errors.add(key, "Environment variables must be key/value pairs.")
+        return {}
+    envs: dict[str, str] = {}
+    if len(rows) > MAX_ENV_VARS:
+        errors.add(key, f"At most {MAX_ENV_VARS} environment variables are allowed.")
+        return {}
+    for env_key, env_value in rows:
+        env_key = str(env_key).strip()
+        env_value = "" if env_value is None else str(env_value)
+        if not env_key:
+            errors.add(key, "Environment variable names cannot be empty.")
+        elif len(env_key) > 128 or not ENV_NAME_RE.match(env_key):
+            errors.add(
+                key,
+                f"Environment variable name {env_key!r} is not valid: use letters, digits and '_', "
+                "not starting with a digit (at most 128 characters).",
+            )
+        elif env_key in envs:
+            errors.add(key, f"Environment variable {env_key} is set twice.")
+        elif len(env_value) > MAX_ENV_VALUE_LENGTH or "\x00" in env_value:
+            errors.add(key, f"The value of {env_key} must be at most {MAX_ENV_VALUE_LENGTH} characters of text.")
+        else:
+            envs[env_key] = env_value
+    return envs
+
+
+def parse_deploy_request(*, owner, data: Mapping[str, Any]) -> DeployRequest:
+    """Check a service request against every rule; raise RequestInvalid naming each bad field.
+
+    `data` holds name, description, pool (id or name), timeout_minutes,
+    websocket, and configs: a list of {app_version (id), flavor (code),
+    instance_count, weight, envs}.
+    """
+    errors = _Errors()
+
+    name = str(data.get("name") or "").strip()
+    validate_service_name(name, errors, owner=owner)
+
+    description = str(data.get("description") or "").strip()
+    if len(description) > 100:
+        errors.add("description", "Description must be at most 100 characters.")
+
+    if Service.objects.filter(owner=owner).count() >= settings.MAX_SERVICES_PER_USER:
+        errors.add(
+            "__all__",
+            f"You already have {settings.MAX_SERVICES_PER_USER} services, the most a user may deploy. "
+            "Delete one to deploy another.",
+        )
+
+    pool = None
+    pool_ref = data.get("pool")
+    visible_pools = pool_list_for(owner)
+    if pool_ref in (None, ""):
+        if not visible_pools.exists():
+            errors.add(
+                "pool",
+                "No public resource pool is available. Use a dedicated resource pool or ask an administrator "
+                "to create a public one.",
+            )
+        else:
+            errors.add("pool", "Resource pool is required.")
+    else:
+        lookup = {"id": pool_ref} if str(pool_ref).isdigit() else {"name": pool_ref}
+        pool = visible_pools.filter(**lookup).prefetch_related("nodes").first()
+        if pool is None:
+            errors.add("pool", f"Resource pool {pool_ref} does not exist or is not yours.")
+
+    timeout_minutes = _as_int(
+        data.get("timeout_minutes"),
+        errors,
+        "timeout_minutes",
+        "Timeout (minutes)",
+        settings.SERVICE_TIMEOUT_MIN_MINUTES,
+        settings.SERVICE_TIMEOUT_MAX_MINUTES,
+        default=settings.SERVICE_TIMEOUT_DEFAULT_MINUTES,
+    )
+    is_websocket = _as_bool(data.get("websocket", False))
+
+    raw_configs = data.get("configs") or []
+    if not isinstance(raw_configs, list) or not raw_configs:
+        errors.add("configs", "Choose at least one AI application version.")
+        raw_configs = []
+
+    flavor_options = {option.flavor.code: option for option in flavor_options_for_pool(pool)} if pool else {}
+    configs: list[VersionConfigRequest] = []
+    for n, raw in enumerate(raw_configs):
+        prefix = f"configs.{n}."
+        if not isinstance(raw, Mapping):
+            errors.add(prefix + "app_version", "Each version configuration must be an object.")
+            continue
+        app_version = None
+        version_ref = raw.get("app_version")
+        if version_ref in (None, ""):
+            errors.add(prefix + "app_version", "AI application and version is required.")
+        elif not str(version_ref).isdigit():
+            errors.add(prefix + "app_version", f"AI application version {version_ref} does not exist.")
+        else:
+            app_version = (
+                AIApplicationVersion.objects.select_related("application")
+                .filter(id=int(version_ref), application__owner=owner)
+                .first()
+            )
+            if app_version is None:
+                errors.add(prefix + "app_version", f"AI application version {version_ref} does not exist.")
+            elif app_version.status != VersionStatus.NORMAL:
+                errors.add(
+                    prefix + "app_version",
+                    f"{app_version} is {app_version.get_status_display()}; only Normal versions can be deployed.",
+                )
+                app_version = None
+
+        flavor = None
+        flavor_ref = raw.get("flavor")
+        if flavor_ref in (None, ""):
+            errors.add(prefix + "flavor", "Specification is required.")
+        elif pool is not None:
+            option = flavor_options.get(str(flavor_ref))
+            if option is None:
+                errors.add(prefix + "flavor", f"Specification {flavor_ref} does not exist.")
+            elif not option.is_available:
+                errors.add(prefix + "flavor", f"Specification {flavor_ref} cannot be used now: {option.reason}.")
+            else:
+                flavor = option.flavor
+
+        instance_count = _as_int(
+            raw.get("instance_count"),
+            errors,
+            prefix + "instance_count",
+            "Compute nodes",
+            1,
+            settings.MAX_INSTANCES_PER_VERSION,
+            default=1,
+        )
+        weight = _as_int(raw.get("weight"), errors, prefix + "weight", "Traffic ratio (%)", 0, 100, default=100)
+        envs = parse_envs(raw.get("envs"), errors, prefix + "envs")
+        if app_version and flavor and instance_count is not None and weight is not None:
+            configs.append(VersionConfigRequest(app_version, flavor, instance_count, weight, envs))
+
+    if raw_configs and len(configs) == len(raw_configs):
+        total = sum(config.weight for config in configs)
+        if total != 100:
+            errors.add("configs", f"Traffic ratios must add up to 100%; they add up to {total}%.")
+        if len(configs) > 1 and any(config.flavor.is_free for config in configs):
+            errors.add("configs", "Free specifications do not support a gray launch of several versions.")
+        if is_websocket:
+            for n, config in enumerate(configs):
+                version = config.app_version
+                if not version.is_websocket or version.source != version.Source.CONTAINER_IMAGE:
+                    errors.add(
+                        "websocket",
+                        f"WebSocket needs a WebSocket-compliant container-image application; {version} is not.",
+                    )
+
+    if errors:
+        raise RequestInvalid(dict(errors))
+    return DeployRequest(
+        name=name,
+        description=description,
+        pool=pool,
+        timeout_minutes=timeout_minutes,
+        is_websocket=is_websocket,
+        configs=configs,
+    )
+
+
+APP_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+VERSION_RE = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}$")
+# repository[:tag][@digest], lower-case repository path components as Docker requires
+IMAGE_RE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+PATH_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
+
+
+@dataclass
+class VersionRequest:
+    application_name: str
+    description: str
+    version: str
+    image: str
+    container_port: int
+    health_path: str
+    predict_path: str
+    is_websocket: bool
+
+
+def parse_version_request(*, owner, data: Mapping[str, Any]) -> VersionRequest:
+    """Check an AI application version registration; raise RequestInvalid naming each bad field."""
+    errors = _Errors()
+    application_name = str(data.get("application_name") or "").strip()
+    if not application_name:
+        errors.add("application_name", "AI application name is required.")
+    elif len(application_name) > 64 or not APP_NAME_RE.match(application_name):
+        errors.add(
+            "application_name",
+            "AI application name must start with a letter, contain only letters, digits, '-' and '_', "
+            "and be at most 64 characters.",
+        )
+    description = str(data.get("description") or "").strip()
+    if len(description) > 100:
+        errors.add("description", "Description must be at most 100 characters.")
+
+    version = str(data.get("version") or "").strip()
+    if not version:
+        errors.add("version", "Version is required.")
+    elif not VERSION_RE.match(version):
+        errors.add("version", "Version must look like 1.0.0 (three numbers separated by dots).")
+    elif AIApplicationVersion.objects.filter(
+        application__owner=owner, application__name=application_name, version=version
+    ).exists():
+        errors.add("version", f"{application_name} already has a version {version}.")
+
+    image = str(data.get("image") or "").strip()
+    if not image:
+        errors.add("image", "Container image is required.")
+    elif len(image) > 255 or not IMAGE_RE.match(image):
+        errors.add("image", "Container image must be an image reference such as my-model:1.0.0.")
+
+    container_port = _as_int(data.get("container_port"), errors, "container_port", "Container port", 1, 65535, 8080)
+    health_path = str(data.get("health_path") or "/health").strip()
+    predict_path = str(data.get("predict_path") or "/predict").strip()
+    for key, label, value in (("health_path", "Health-check path", health_path), ("predict_path", "Predict path", predict_path)):
+        if len(value) > 200 or not PATH_RE.match(value):
+            errors.add(key, f"{label} must start with '/' and be a URL path of at most 200 characters.")
+
+    if errors:
+        raise RequestInvalid(dict(errors))
+    return VersionRequest(
+        application_name=application_name,
+        description=description,
+        version=version,
+        image=image,
+        container_port=container_port,
+        health_path=health_path,
+        predict_path=predict_path,
+        is_websocket=_as_bool(data.get("websocket", False)),
+    )
