@@ -35,23 +35,28 @@ def deploy_data_from_post(post: QueryDict) -> dict[str, Any]:
 
 
 def _flatten_errors(errors: dict[str, list[str]]) -> dict[str, list[str]]:
-    """`configs.0.flavor` → `flavor`: the wizard shows one version configuration."""
+    """`configs.0.flavor` → `flavor`: the wizard shows one version configuration.
+    `__all__` → `general`, since templates cannot read names starting with `_`."""
     flat: dict[str, list[str]] = {}
     for key, messages in errors.items():
         short = key.split(".", 2)[2] if key.startswith("configs.0.") else key
+        short = "general" if short == "__all__" else short
         flat.setdefault(short, []).extend(messages)
     return flat
 
 
 def deploy_form_context(user, data: dict[str, Any] | None, errors: dict[str, list[str]]) -> dict[str, Any]:
     pools = list(pool_list_for(user).prefetch_related("nodes"))
+    versions = list(deployable_versions_for(user))
     data = data or {
         "name": "",
         "description": "",
         "pool": str(pools[0].id) if pools else "",
         "timeout_minutes": settings.SERVICE_TIMEOUT_DEFAULT_MINUTES,
         "websocket": False,
-        "configs": [{"app_version": "", "flavor": "", "instance_count": 1, "envs": []}],
+        "configs": [
+            {"app_version": str(versions[0].id) if versions else "", "flavor": "", "instance_count": 1, "envs": []}
+        ],
     }
     config = data["configs"][0]
     selected_pool = next((pool for pool in pools if str(pool.id) == str(data["pool"])), None)
@@ -66,7 +71,7 @@ def deploy_form_context(user, data: dict[str, Any] | None, errors: dict[str, lis
         "has_public_pool": any(pool.is_public for pool in pools),
         "flavor_options": flavor_options,
         "selected_flavor": selected_flavor,
-        "versions": list(deployable_versions_for(user)),
+        "versions": versions,
         "env_rows": env_rows,
         "max_instances": settings.MAX_INSTANCES_PER_VERSION,
         "timeout_min": settings.SERVICE_TIMEOUT_MIN_MINUTES,

@@ -178,7 +178,12 @@ def _converge_serving(services, containers, report: ReconcileReport) -> None:
             return healthy, ""
         # Missing or not running: bring it back. The new container is checked
         # on the next cycle, once its server had a moment to start.
-        what = "was missing" if info is None else f"was {info.state}"
+        if info is None:
+            what = "was missing"
+        elif info.state in ("exited", "dead"):
+            what = "had exited"
+        else:
+            what = f"was {info.state}"
         try:
             started = runtime.ensure_container_running(instance.node.docker_host, _container_spec(service, instance))
         except runtime.EngineError as exc:
