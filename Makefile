@@ -1,0 +1,58 @@
+# Real-Time Services console: developer entry points.
+#   make run    bootstrap everything, migrate, seed, then start web + workers + beat
+#   make test   bootstrap (with Chromium) and run the test suite
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PY          := .venv/bin/python
+PORT        ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: help run test bootstrap images status clean distclean lint
+
+help: ## show this help
+	@echo "Real-Time Services console"
+	@echo
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo
+	@echo "  variables: PORT=$(PORT) (web port of make run), PYTEST_ARGS='...' (passed to pytest)"
+
+bootstrap: ## install and start everything needed (venv, PostgreSQL, Redis, Docker, images)
+	scripts/bootstrap.sh all
+
+images: ## build the base image and the demo model images if missing or outdated
+	scripts/bootstrap.sh docker images
+
+status: ## show what is installed and running, change nothing
+	@scripts/bootstrap.sh status
+
+run: ## bootstrap, migrate, seed the demo data, then run web + workers + beat (Ctrl-C stops all)
+	scripts/bootstrap.sh all
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput -v0
+	PORT=$(PORT) $(PY) manage.py seed_demo
+	@mkdir -p .run
+	PORT=$(PORT) exec .venv/bin/honcho start -f Procfile -p $(PORT)
+
+test: ## bootstrap (with Chromium) and run the tests; PYTEST_ARGS='-k foo' narrows them
+	scripts/bootstrap.sh test
+	$(PY) manage.py collectstatic --noinput -v0
+	.venv/bin/pytest $(PYTEST_ARGS)
+
+lint: ## syntax checks: shell scripts, Python byte-compile, Django system checks
+	bash -n scripts/bootstrap.sh
+	bash -n .ci/run
+	@if command -v shellcheck >/dev/null; then shellcheck -S warning scripts/bootstrap.sh .ci/run; fi
+	$(PY) -m compileall -q console services pools tests examples
+	@if [ -x .venv/bin/ruff ]; then .venv/bin/ruff check .; fi
+	$(PY) manage.py check
+
+clean: ## remove .run and every container labelled rts.console (the console's model instances)
+	@if docker info >/dev/null 2>&1; then \
+		ids="$$(docker ps -aq --filter label=rts.console)"; \
+		if [ -n "$$ids" ]; then echo "==> removing $$(echo $$ids | wc -w) rts.console container(s)"; docker rm -f $$ids >/dev/null; fi; \
+	else echo "==> Docker engine not answering: no containers removed"; fi
+	rm -rf .run
+
+distclean: clean ## clean, and also remove .venv and staticfiles
+	rm -rf .venv staticfiles
