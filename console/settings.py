@@ -17,10 +17,12 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",
     "django_htmx",
     "template_partials",
     "pools",
     "services",
+    "access",
 ]
 
 MIDDLEWARE = [
@@ -149,3 +151,17 @@ SERVICE_TIMEOUT_SCALE = env_float("SERVICE_TIMEOUT_SCALE", 1.0)
 HEALTH_PROBE_TIMEOUT_SECONDS = env_float("HEALTH_PROBE_TIMEOUT_SECONDS", 1.0)
 TASK_LEASE_SECONDS = env_int("TASK_LEASE_SECONDS", 30)
 CONTAINER_LOG_TAIL_LINES = env_int("CONTAINER_LOG_TAIL_LINES", 50)
+
+# --- Gateway --------------------------------------------------------------------
+GATEWAY_HOST = env_str("GATEWAY_HOST", "127.0.0.1")
+GATEWAY_PORT = env_int("GATEWAY_PORT", 8001)
+# The address users call, shown in the Usage Guide; the console calls the same.
+GATEWAY_URL = env_str("GATEWAY_URL", f"http://{GATEWAY_HOST}:{GATEWAY_PORT}")
+GATEWAY_CALL_TIMEOUT_SECONDS = env_float("GATEWAY_CALL_TIMEOUT_SECONDS", 60.0)
+GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 12 * 1024 * 1024)
+GATEWAY_REFRESH_SECONDS = env_float("GATEWAY_REFRESH_SECONDS", 0.5)
+GATEWAY_PROCESSES = env_int("GATEWAY_PROCESSES", 0)  # 0: one per core
+ACCESS_TOKEN_DEFAULT_DAYS = 90
+ACCESS_TOKEN_MAX_DAYS = 365
+CONSOLE_TOKEN_SECONDS = env_int("CONSOLE_TOKEN_SECONDS", 3600)
+PREDICTION_UPLOAD_MAX_BYTES = 8 * 1024 * 1024

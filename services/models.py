@@ -1,7 +1,10 @@
 import uuid
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
+
+from gateway.stats import LATENCY_BUCKET_COUNT
 
 
 class VersionStatus(models.TextChoices):
@@ -105,6 +108,9 @@ class Service(models.Model):
     status_reason = models.CharField(max_length=500, blank=True)
     timeout_minutes = models.PositiveIntegerField(default=20)
     is_websocket = models.BooleanField(default=False)
+    # Running totals, added to by the gateway's once-a-second flush.
+    invocation_times = models.PositiveBigIntegerField(default=0, editable=False)
+    failed_times = models.PositiveBigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     status_changed_at = models.DateTimeField(auto_now_add=True)
     # The task working on a transitional status holds a lease that it renews
@@ -209,3 +215,20 @@ class ServiceEvent(models.Model):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ServiceCallStat(models.Model):
+    """Calls to one version of a service within one minute, written by the gateway."""
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="call_stats")
+    config = models.ForeignKey(ServiceVersionConfig, on_delete=models.CASCADE, related_name="call_stats")
+    bucket_start = models.DateTimeField()
+    calls = models.PositiveBigIntegerField(default=0)
+    failed = models.PositiveBigIntegerField(default=0)
+    latency_hist = ArrayField(models.BigIntegerField(), size=LATENCY_BUCKET_COUNT)
+
+    class Meta:
+        ordering = ["bucket_start"]
+        constraints = [
+            models.UniqueConstraint(fields=["service", "config", "bucket_start"], name="call_stat_unique_bucket"),
+        ]

@@ -1,0 +1,64 @@
+"""Run the gateway: `python -m gateway [--processes N] [--host H] [--port P]`.
+
+N processes (default: one per core) share the port through SO_REUSEPORT; the
+parent restarts a process that dies, and stops them all on SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import signal
+import sys
+import time
+
+from gateway.app import serve
+
+
+def main() -> None:
+    from console import settings
+
+    parser = argparse.ArgumentParser(prog="python -m gateway")
+    parser.add_argument("--host", default=settings.GATEWAY_HOST)
+    parser.add_argument("--port", type=int, default=settings.GATEWAY_PORT)
+    parser.add_argument("--processes", type=int, default=settings.GATEWAY_PROCESSES or os.cpu_count() or 1)
+    args = parser.parse_args()
+
+    if args.processes == 1:
+        print(f"gateway listening on http://{args.host}:{args.port}", flush=True)
+        serve(args.host, args.port)
+        return
+
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start() -> multiprocessing.Process:
+        process = context.Process(target=serve, args=(args.host, args.port), daemon=False)
+        process.start()
+        return process
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    processes = [start() for _ in range(args.processes)]
+    print(f"gateway listening on http://{args.host}:{args.port} ({args.processes} processes)", flush=True)
+    while not stopping:
+        time.sleep(0.5)
+        for index, process in enumerate(processes):
+            if not process.is_alive() and not stopping:
+                print(f"gateway process {process.pid} exited ({process.exitcode}); starting another", flush=True)
+                processes[index] = start()
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
