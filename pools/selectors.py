@@ -30,6 +30,11 @@ def _fits(node: Node, flavor: Flavor) -> bool:
     )
 
 
+def _memory_text(mib: int) -> str:
+    # Whole GiB only: "// 1024" would call 512 MiB "0 GiB".
+    return f"{mib // 1024} GiB" if mib % 1024 == 0 else f"{mib} MiB"
+
+
 def _unavailable_reason(pool: ResourcePool, nodes: list[Node], flavor: Flavor) -> str:
     if not nodes:
         return f"no engine in pool {pool.name} is reachable"
@@ -39,12 +44,13 @@ def _unavailable_reason(pool: ResourcePool, nodes: list[Node], flavor: Flavor) -
         return f"needs {flavor.gpus} GPUs; no engine in pool {pool.name} has that many"
     largest_cpus = max(node.cpu_count for node in nodes)
     if flavor.cpus > largest_cpus:
-        return f"needs {flavor.cpus.normalize()} vCPUs; the largest engine in pool {pool.name} has {largest_cpus}"
+        # normalize() alone turns 10.00 into 1E+1; ":f" keeps it plain.
+        return f"needs {flavor.cpus.normalize():f} vCPUs; the largest engine in pool {pool.name} has {largest_cpus}"
     largest_memory = max(node.memory_mib for node in nodes)
     if flavor.memory_mib > largest_memory:
         return (
-            f"needs {flavor.memory_mib // 1024} GiB memory; "
-            f"the largest engine in pool {pool.name} has {largest_memory // 1024} GiB"
+            f"needs {_memory_text(flavor.memory_mib)} memory; "
+            f"the largest engine in pool {pool.name} has {_memory_text(largest_memory)}"
         )
     return f"no single engine in pool {pool.name} has enough CPU, memory and GPUs together"
 

@@ -1,0 +1,465 @@
+"""Every page and action: as the owner, as another user (404), anonymously
+(login), with the wrong method (405); lifecycle refusals; list polling; query
+counts of the list and its polling request."""
+
+import html
+import uuid
+
+import pytest
+from django.urls import reverse
+
+from services.models import (
+    AIApplication,
+    AIApplicationVersion,
+    Instance,
+    Service,
+    ServiceEvent,
+    ServiceStatus,
+    ServiceVersionConfig,
+    VersionStatus,
+)
+from tests.conftest import make_version
+
+pytestmark = pytest.mark.django_db
+
+
+def page_text(response) -> str:
+    return html.unescape(response.content.decode())
+
+
+def make_service(owner, pool, flavor, version, name="svc-one", status=ServiceStatus.RUNNING, **fields) -> Service:
+    envs = fields.pop("envs", {})
+    service = Service.objects.create(owner=owner, name=name, pool=pool, status=status, **fields)
+    ServiceVersionConfig.objects.create(
+        service=service, app_version=version, flavor=flavor, instance_count=1, envs=envs
+    )
+    return service
+
+
+@pytest.fixture
+def service(owner, pool, flavors, demo_version) -> Service:
+    return make_service(owner, pool, flavors["small"], demo_version)
+
+
+def refreshed_status(service: Service) -> str:
+    service.refresh_from_db(fields=["status"])
+    return service.status
+
+
+# --- Anonymous, other user, wrong method ---------------------------------------------
+
+
+def _urls(service, version):
+    application = version.application
+    return {
+        "list": reverse("services:list"),
+        "deploy": reverse("services:deploy"),
+        "deploy_flavors": reverse("services:deploy_flavors"),
+        "detail": reverse("services:detail", args=[service.id]),
+        "start": reverse("services:start", args=[service.id]),
+        "stop": reverse("services:stop", args=[service.id]),
+        "delete": reverse("services:delete", args=[service.id]),
+        "applications": reverse("services:applications"),
+        "application_register": reverse("services:application_register"),
+        "version_recheck": reverse("services:version_recheck", args=[version.id]),
+        "application_delete": reverse("services:application_delete", args=[application.id]),
+    }
+
+
+GET_PAGES = ["list", "deploy", "deploy_flavors", "detail", "applications", "application_register"]
+POST_ACTIONS = ["start", "stop", "delete", "version_recheck", "application_delete", "deploy", "application_register"]
+
+
+@pytest.mark.parametrize(
+    ("name", "method"), [(name, "get") for name in GET_PAGES] + [(name, "post") for name in POST_ACTIONS]
+)
+def test_anonymous_user_is_sent_to_login(client, service, demo_version, name, method):
+    url = _urls(service, demo_version)[name]
+
+    response = getattr(client, method)(url)
+
+    assert response.status_code == 302
+    assert response.url == f"{reverse('login')}?next={url}"
+    assert refreshed_status(service) == ServiceStatus.RUNNING
+    assert Service.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "method"),
+    [
+        ("detail", "get"),
+        ("start", "post"),
+        ("stop", "post"),
+        ("delete", "post"),
+        ("version_recheck", "post"),
+        ("application_delete", "post"),
+    ],
+)
+def test_another_user_gets_404_and_changes_nothing(client, other_user, service, demo_version, name, method):
+    client.force_login(other_user)
+    events_before = ServiceEvent.objects.count()
+
+    response = getattr(client, method)(_urls(service, demo_version)[name])
+
+    assert response.status_code == 404
+    assert refreshed_status(service) == ServiceStatus.RUNNING
+    assert ServiceEvent.objects.count() == events_before
+    demo_version.refresh_from_db()
+    assert demo_version.status == VersionStatus.NORMAL
+    assert AIApplication.objects.filter(id=demo_version.application_id).exists()
+
+
+def test_another_user_gets_404_for_the_detail_polling_request(client, other_user, service):
+    client.force_login(other_user)
+
+    response = client.get(reverse("services:detail", args=[service.id]), HTTP_HX_REQUEST="true")
+
+    assert response.status_code == 404
+
+
+def test_another_user_cannot_delete_a_stopped_service(client, other_user, owner, pool, flavors, demo_version):
+    stopped = make_service(owner, pool, flavors["small"], demo_version, name="stopped", status=ServiceStatus.STOPPED)
+    client.force_login(other_user)
+
+    assert client.post(reverse("services:start", args=[stopped.id])).status_code == 404
+    assert client.post(reverse("services:delete", args=[stopped.id])).status_code == 404
+    assert refreshed_status(stopped) == ServiceStatus.STOPPED
+
+
+def test_unknown_service_id_is_404(owner_client, service):
+    response = owner_client.get(reverse("services:detail", args=[uuid.uuid4()]))
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize("name", ["start", "stop", "delete", "version_recheck", "application_delete"])
+def test_get_on_an_action_is_405_and_changes_nothing(owner_client, service, demo_version, name):
+    response = owner_client.get(_urls(service, demo_version)[name])
+
+    assert response.status_code == 405
+    assert refreshed_status(service) == ServiceStatus.RUNNING
+    assert ServiceEvent.objects.count() == 0
+    demo_version.refresh_from_db()
+    assert demo_version.status == VersionStatus.NORMAL
+    assert AIApplication.objects.count() == 1
+
+
+@pytest.mark.parametrize("name", ["list", "detail", "applications", "deploy_flavors"])
+def test_post_on_a_read_only_page_is_405(owner_client, service, demo_version, name):
+    response = owner_client.post(_urls(service, demo_version)[name])
+    assert response.status_code == 405
+
+
+@pytest.mark.parametrize("name", ["list", "deploy", "deploy_flavors", "detail", "applications", "application_register"])
+def test_owner_can_open_every_page(owner_client, service, demo_version, name):
+    response = owner_client.get(_urls(service, demo_version)[name])
+    assert response.status_code == 200
+
+
+# --- Lifecycle actions through the views ---------------------------------------------
+
+
+def test_stop_of_a_running_service_marks_it_stopping_with_one_event(
+    owner_client, service, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = owner_client.post(reverse("services:stop", args=[service.id]))
+
+    assert response.status_code == 302
+    assert response.url == reverse("services:list")
+    assert refreshed_status(service) == ServiceStatus.STOPPING
+    assert list(ServiceEvent.objects.values_list("message", flat=True)) == ["Stop requested"]
+    assert len(callbacks) == 1
+
+
+def test_stop_from_the_detail_page_returns_to_the_detail_page(owner_client, service):
+    response = owner_client.post(reverse("services:stop", args=[service.id]), {"next": "detail"}, follow=True)
+
+    assert response.redirect_chain == [(reverse("services:detail", args=[service.id]), 302)]
+    assert "Stopping svc-one." in page_text(response)
+
+
+def test_start_of_a_stopped_service_marks_it_deploying(owner_client, owner, pool, flavors, demo_version):
+    stopped = make_service(owner, pool, flavors["small"], demo_version, status=ServiceStatus.STOPPED)
+
+    response = owner_client.post(reverse("services:start", args=[stopped.id]), follow=True)
+
+    assert refreshed_status(stopped) == ServiceStatus.DEPLOYING
+    assert list(ServiceEvent.objects.values_list("message", flat=True)) == ["Start requested; deployment queued"]
+    assert "Starting svc-one." in page_text(response)
+
+
+def test_start_while_deploying_is_refused_with_a_message(owner_client, owner, pool, flavors, demo_version):
+    deploying = make_service(owner, pool, flavors["small"], demo_version, status=ServiceStatus.DEPLOYING)
+
+    response = owner_client.post(reverse("services:start", args=[deploying.id]), follow=True)
+
+    assert response.status_code == 200
+    assert "Cannot start svc-one while it is Deploying." in page_text(response)
+    assert refreshed_status(deploying) == ServiceStatus.DEPLOYING
+    assert ServiceEvent.objects.count() == 0
+
+
+def test_stop_while_stopped_is_refused_with_a_message(owner_client, owner, pool, flavors, demo_version):
+    stopped = make_service(owner, pool, flavors["small"], demo_version, status=ServiceStatus.STOPPED)
+
+    response = owner_client.post(reverse("services:stop", args=[stopped.id]), follow=True)
+
+    assert "Cannot stop svc-one while it is Stopped." in page_text(response)
+    assert refreshed_status(stopped) == ServiceStatus.STOPPED
+    assert ServiceEvent.objects.count() == 0
+
+
+def test_second_delete_is_refused_while_deleting(owner_client, service):
+    url = reverse("services:delete", args=[service.id])
+
+    first = owner_client.post(url, follow=True)
+    second = owner_client.post(url, follow=True)
+
+    assert "Deleting svc-one." in page_text(first)
+    assert "Cannot delete svc-one while it is Deleting." in page_text(second)
+    assert refreshed_status(service) == ServiceStatus.DELETING
+    assert list(ServiceEvent.objects.values_list("message", flat=True)) == ["Delete requested"]
+
+
+def test_delete_from_the_detail_page_returns_to_the_list(owner_client, service):
+    response = owner_client.post(reverse("services:delete", args=[service.id]), {"next": "detail"})
+
+    assert response.url == reverse("services:list")
+
+
+# --- The list page --------------------------------------------------------------------
+
+
+def test_list_shows_only_the_users_own_services(owner_client, service, other_user, pool, flavors):
+    theirs_version = make_version(other_user, application_name="their-model")
+    theirs = make_service(other_user, pool, flavors["small"], theirs_version, name="their-svc")
+
+    response = owner_client.get(reverse("services:list"))
+
+    text = page_text(response)
+    assert "svc-one" in text
+    assert "their-svc" not in text and "their-model" not in text
+    assert f"service-{service.id}" in text
+    assert f"service-{theirs.id}" not in text
+
+
+def test_list_shows_application_pool_and_ready_instances(owner_client, service, pool):
+    node = pool.nodes.get()
+    config = service.configs.get()
+    for index, healthy in enumerate([True, False]):
+        Instance.objects.create(
+            service=service, config=config, index=index, node=node, container_name=f"c-{index}", is_healthy=healthy
+        )
+
+    response = owner_client.get(reverse("services:list"))
+
+    text = page_text(response)
+    assert "demo-model" in text and "1.0.0" in text
+    assert "public-cpu" in text
+    assert '<td class="instances-cell">1/2</td>' in text
+
+
+def test_list_without_services_invites_a_deploy(owner_client):
+    response = owner_client.get(reverse("services:list"))
+    assert "No real-time services yet." in page_text(response)
+    assert "hx-get" not in response.content.decode()
+
+
+@pytest.mark.parametrize("status", [ServiceStatus.DEPLOYING, ServiceStatus.STOPPING, ServiceStatus.DELETING])
+def test_list_polls_while_a_service_is_in_transition(owner_client, owner, pool, flavors, demo_version, status):
+    make_service(owner, pool, flavors["small"], demo_version, name="steady", status=ServiceStatus.RUNNING)
+    make_service(owner, pool, flavors["small"], demo_version, name="moving", status=status)
+
+    response = owner_client.get(reverse("services:list"))
+
+    content = response.content.decode()
+    assert f'hx-get="{reverse("services:list")}"' in content
+    assert 'hx-trigger="every 1s"' in content
+
+
+def test_list_stops_polling_once_nothing_is_in_transition(owner_client, owner, pool, flavors, demo_version):
+    make_service(owner, pool, flavors["small"], demo_version, name="running", status=ServiceStatus.RUNNING)
+    make_service(owner, pool, flavors["small"], demo_version, name="stopped", status=ServiceStatus.STOPPED)
+
+    page = owner_client.get(reverse("services:list"))
+    fragment = owner_client.get(reverse("services:list"), HTTP_HX_REQUEST="true")
+
+    for response in (page, fragment):
+        assert "hx-get" not in response.content.decode()
+        assert "every 1s" not in response.content.decode()
+
+
+def test_list_polling_request_returns_only_the_rows(owner_client, owner, pool, flavors, demo_version):
+    make_service(owner, pool, flavors["small"], demo_version, status=ServiceStatus.DEPLOYING)
+
+    response = owner_client.get(reverse("services:list"), HTTP_HX_REQUEST="true")
+
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert content.lstrip().startswith('<div id="service-rows"')
+    assert "<html" not in content and "<h1>" not in content
+    assert "svc-one" in content
+    assert 'hx-trigger="every 1s"' in content
+
+
+def _services(owner, pool, flavors, demo_version, count: int) -> None:
+    node = pool.nodes.get()
+    for n in range(count):
+        service = make_service(
+            owner, pool, flavors["small"], demo_version, name=f"svc-{n}", status=ServiceStatus.DEPLOYING
+        )
+        Instance.objects.create(
+            service=service, config=service.configs.get(), index=0, node=node, container_name=f"svc-{n}-0"
+        )
+
+
+# session, user, the annotated services, their configurations (with version,
+# application and flavor): the same for any number of services.
+LIST_QUERIES = 4
+
+
+@pytest.mark.parametrize("count", [1, 5])
+def test_list_query_count_does_not_grow_with_services(
+    owner_client, owner, pool, flavors, demo_version, django_assert_num_queries, count
+):
+    _services(owner, pool, flavors, demo_version, count)
+
+    with django_assert_num_queries(LIST_QUERIES):
+        response = owner_client.get(reverse("services:list"))
+
+    assert page_text(response).count('data-status="deploying"') == count
+
+
+@pytest.mark.parametrize("count", [1, 5])
+def test_list_polling_query_count_does_not_grow_with_services(
+    owner_client, owner, pool, flavors, demo_version, django_assert_num_queries, count
+):
+    _services(owner, pool, flavors, demo_version, count)
+
+    with django_assert_num_queries(LIST_QUERIES):
+        response = owner_client.get(reverse("services:list"), HTTP_HX_REQUEST="true")
+
+    assert page_text(response).count('data-status="deploying"') == count
+
+
+# --- The detail page ------------------------------------------------------------------
+
+
+@pytest.fixture
+def detailed_service(owner, pool, flavors, demo_version) -> Service:
+    service = make_service(
+        owner,
+        pool,
+        flavors["small"],
+        demo_version,
+        name="svc-detail",
+        description="serves the demo",
+        timeout_minutes=7,
+        envs={"MODEL_DIR": "/models"},
+    )
+    node = pool.nodes.get()
+    Instance.objects.create(
+        service=service,
+        config=service.configs.get(),
+        index=0,
+        node=node,
+        container_name=f"rts-{service.id}-0-0",
+        host_port=31999,
+        state=Instance.State.RUNNING,
+        is_healthy=True,
+    )
+    ServiceEvent.objects.create(service=service, message="Deployment queued: 1 instance(s) on pool public-cpu")
+    ServiceEvent.objects.create(service=service, message="Running: 1/1 instance(s) healthy")
+    return service
+
+
+def test_detail_shows_configuration_instances_and_events(owner_client, detailed_service):
+    service = detailed_service
+
+    response = owner_client.get(reverse("services:detail", args=[service.id]))
+
+    assert response.status_code == 200
+    text = page_text(response)
+    # configuration
+    assert "serves the demo" in text
+    assert "<dt>Resource pool</dt><dd>public-cpu</dd>" in text
+    assert "<dt>Timeout</dt><dd>7 minutes</dd>" in text
+    assert "<td>100%</td>" in text
+    assert "<td>CPU: 1 vCPU | 512 MiB</td>" in text
+    assert "<code>MODEL_DIR=/models</code>" in text
+    assert "<code>rts-demo-model:1.0.0</code>" in text
+    # instances
+    assert f"<code>rts-{service.id}-0-0</code>" in text
+    assert "127.0.0.1:31999" in text
+    assert '<span class="ok">Healthy</span>' in text
+    assert "<dd>1/1</dd>" in text
+    # events, newest first, each with its timestamp
+    for event in service.events.all():
+        stamp = event.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        assert f'<time datetime="{event.created_at.isoformat()}">{stamp}</time>' in text
+    assert text.index("Running: 1/1 instance(s) healthy") < text.index("Deployment queued: 1 instance(s)")
+
+
+def test_detail_polls_only_while_in_transition(owner_client, owner, pool, flavors, demo_version, detailed_service):
+    deploying = make_service(owner, pool, flavors["small"], demo_version, name="moving", status=ServiceStatus.DEPLOYING)
+
+    steady = owner_client.get(reverse("services:detail", args=[detailed_service.id]))
+    moving = owner_client.get(reverse("services:detail", args=[deploying.id]))
+
+    assert "hx-get" not in steady.content.decode()
+    assert f'hx-get="{reverse("services:detail", args=[deploying.id])}"' in moving.content.decode()
+
+
+def test_detail_polling_request_returns_only_the_live_part(owner_client, detailed_service):
+    response = owner_client.get(reverse("services:detail", args=[detailed_service.id]), HTTP_HX_REQUEST="true")
+
+    content = response.content.decode()
+    assert content.lstrip().startswith('<div id="service-live"')
+    assert "Running: 1/1 instance(s) healthy" in content
+    assert "<html" not in content and "<h2>Configuration</h2>" not in content
+
+
+def test_detail_offers_only_the_actions_the_status_allows(owner_client, owner, pool, flavors, demo_version):
+    running = make_service(owner, pool, flavors["small"], demo_version, name="running", status=ServiceStatus.RUNNING)
+    stopped = make_service(owner, pool, flavors["small"], demo_version, name="stopped", status=ServiceStatus.STOPPED)
+
+    running_page = owner_client.get(reverse("services:detail", args=[running.id])).content.decode()
+    stopped_page = owner_client.get(reverse("services:detail", args=[stopped.id])).content.decode()
+
+    assert reverse("services:stop", args=[running.id]) in running_page
+    assert reverse("services:start", args=[running.id]) not in running_page
+    assert reverse("services:start", args=[stopped.id]) in stopped_page
+    assert reverse("services:stop", args=[stopped.id]) not in stopped_page
+
+
+# --- Applications pages ------------------------------------------------------------------
+
+
+def test_applications_list_shows_only_the_users_applications(owner_client, demo_version, other_user):
+    make_version(other_user, application_name="their-model")
+
+    response = owner_client.get(reverse("services:applications"))
+
+    text = page_text(response)
+    assert "demo-model" in text
+    assert "their-model" not in text
+
+
+def test_version_recheck_marks_the_version_checking_again(owner_client, owner):
+    version = make_version(owner, status=VersionStatus.FAILED, status_reason="image gone")
+
+    response = owner_client.post(reverse("services:version_recheck", args=[version.id]))
+
+    assert response.url == reverse("services:applications")
+    version.refresh_from_db()
+    assert (version.status, version.status_reason) == (VersionStatus.CHECKING, "")
+
+
+def test_application_delete_removes_an_unused_application(owner_client, demo_version):
+    url = reverse("services:application_delete", args=[demo_version.application_id])
+
+    response = owner_client.post(url, follow=True)
+
+    assert "Deleted demo-model." in page_text(response)
+    assert not AIApplication.objects.exists()
+    assert not AIApplicationVersion.objects.exists()
