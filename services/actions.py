@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db import IntegrityError, connections, transaction
+from django.db.models import ProtectedError, Q
 from django.utils import timezone
 
 from pools.models import Node
@@ -37,7 +37,13 @@ from services.validation import DeployRequest, RequestInvalid, VersionRequest
 
 log = logging.getLogger(__name__)
 
+# The deploy probes quickly for the first seconds (most servers are up in
+# one), then once a second: every failing probe can be a line in the server's
+# log, and probing at full speed for minutes would push the server's own
+# start-up lines out of the log tail that a failed deploy reports.
 DEPLOY_POLL_SECONDS = 0.05
+DEPLOY_POLL_FAST_FOR_SECONDS = 5.0
+DEPLOY_POLL_SLOW_SECONDS = 1.0
 
 
 class ActionRefused(Exception):
@@ -111,11 +117,29 @@ def ai_application_delete(*, application: AIApplication) -> None:
     application.delete()
 
 
+def ai_application_version_delete(*, version: AIApplicationVersion) -> None:
+    """Delete one version; refused while a service uses it. Its application
+    stays, even when this was its last version."""
+    if ServiceVersionConfig.objects.filter(app_version=version).exists():
+        raise ActionRefused(f"{version} is used by a service; delete the service first.")
+    try:
+        version.delete()
+    except ProtectedError:
+        # A deploy picked the version between the check and the delete.
+        raise ActionRefused(f"{version} is used by a service; delete the service first.") from None
+
+
 # --- Events and status ----------------------------------------------------------
 
 
 def service_event_add(service_id, message: str, *, level: str = ServiceEvent.Level.INFO, detail: str = "") -> None:
-    ServiceEvent.objects.create(service_id=service_id, message=message[:500], level=level, detail=detail)
+    try:
+        with transaction.atomic():
+            ServiceEvent.objects.create(service_id=service_id, message=message[:500], level=level, detail=detail)
+    except IntegrityError:
+        # A Delete removed the service while a task or the reconcile loop was
+        # still reporting on it; its events are gone with it.
+        log.info("service %s is gone; dropped event %r", service_id, message)
 
 
 def service_transition(service_id, *, to: str, lease_token=None, reason: str = "") -> bool:
@@ -297,7 +321,7 @@ def _instances_plan(service: Service) -> list[Instance]:
 
 def _logs_of(instance: Instance) -> str:
     try:
-        logs = runtime.container_logs(
+        logs = runtime.container_log_excerpt(
             instance.node.docker_host, instance.container_name, tail=settings.CONTAINER_LOG_TAIL_LINES
         )
     except runtime.EngineError as exc:
@@ -321,8 +345,17 @@ def _remove_containers(instances: list[Instance]) -> None:
 def _in_parallel(function, items: list) -> list:
     if len(items) <= 1:
         return [function(item) for item in items]
+
+    def run(item):
+        try:
+            return function(item)
+        finally:
+            # A pool thread that touched the database has its own connection;
+            # close it, or it stays open until garbage collection finds it.
+            connections.close_all()
+
     with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
-        return list(pool.map(function, items))
+        return list(pool.map(run, items))
 
 
 def _deploy_fail(service: Service, token, reason: str, instances: list[Instance], detail: str) -> None:
@@ -363,16 +396,26 @@ def service_deploy_run(*, service_id) -> str:
     except runtime.EngineError as exc:
         _deploy_fail(service, token, str(exc), instances, "")
         return "failed"
+    if not _lease_renew(service_id, token, ServiceStatus.DEPLOYING):
+        # A Delete took the service while the containers were being created;
+        # the reconcile loop removes the ones created after the delete ran.
+        return "lease lost"
     for instance, info in zip(instances, started, strict=True):
         instance.container_id = info.container_id
         instance.host_port = info.host_port
         instance.state = Instance.State.RUNNING
         instance.is_healthy = False
-        instance.save(update_fields=["container_id", "host_port", "state", "is_healthy", "updated_at"])
+        Instance.objects.filter(id=instance.id).update(
+            container_id=info.container_id,
+            host_port=info.host_port,
+            state=Instance.State.RUNNING,
+            is_healthy=False,
+            updated_at=timezone.now(),
+        )
         service_event_add(service.id, f"Container {instance.container_name} started on {instance.node.name}")
 
     pending = list(instances)
-    last_renewal = time.monotonic()
+    last_renewal = polling_since = time.monotonic()
     while pending:
         if timezone.now() > deadline:
             detail = "\n\n".join(f"== {i.container_name} ==\n{_logs_of(i)}" for i in pending)
@@ -402,7 +445,8 @@ def service_deploy_run(*, service_id) -> str:
                 _deploy_fail(service, token, f"container {instance.container_name} {how}", instances, detail)
                 return "failed"
         if pending:
-            time.sleep(DEPLOY_POLL_SECONDS)
+            is_fast = time.monotonic() - polling_since < DEPLOY_POLL_FAST_FOR_SECONDS
+            time.sleep(DEPLOY_POLL_SECONDS if is_fast else DEPLOY_POLL_SLOW_SECONDS)
 
     if service_transition(service.id, to=ServiceStatus.RUNNING, lease_token=token):
         service_event_add(service.id, f"Running: {len(instances)}/{len(instances)} instance(s) healthy")

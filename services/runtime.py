@@ -73,7 +73,10 @@ def _client(docker_host: str) -> docker.DockerClient:
 
 
 def _engine_error(docker_host: str, exc: Exception) -> EngineError:
-    if isinstance(exc, (RequestsConnectionError, ReadTimeout, FileNotFoundError)):
+    # The SDK wraps a failed connection while negotiating the API version in a
+    # plain DockerException; the cause says what really happened.
+    unreachable = (RequestsConnectionError, ReadTimeout, FileNotFoundError)
+    if isinstance(exc, unreachable) or isinstance(exc.__cause__, unreachable):
         return EngineError(f"Docker engine at {docker_host} does not answer")
     if isinstance(exc, APIError):
         return EngineError(str(exc.explanation or exc))
@@ -174,8 +177,8 @@ def ensure_container_running(docker_host: str, spec: ContainerSpec) -> Container
     Safe to repeat: an existing container with that name is reused (and started
     if it is not running), so a retried deploy never makes a second copy.
     """
-    api = _client(docker_host).api
     try:
+        api = _client(docker_host).api
         try:
             attrs = api.inspect_container(spec.name)
         except NotFound:
@@ -216,7 +219,7 @@ def ensure_container_running(docker_host: str, spec: ContainerSpec) -> Container
     return _info_from_inspect(attrs)
 
 
-def container_logs(docker_host: str, name: str, tail: int = 50) -> str:
+def container_logs(docker_host: str, name: str, tail: int | str = 50) -> str:
     try:
         raw = _client(docker_host).api.logs(name, stdout=True, stderr=True, tail=tail, timestamps=False)
     except NotFound:
@@ -224,6 +227,17 @@ def container_logs(docker_host: str, name: str, tail: int = 50) -> str:
     except (DockerException, RequestsConnectionError, ReadTimeout) as exc:
         raise _engine_error(docker_host, exc) from exc
     return raw.decode("utf-8", errors="replace")
+
+
+def container_log_excerpt(docker_host: str, name: str, head: int = 20, tail: int = 50) -> str:
+    """The first and last lines of a container's log, so a failure report keeps
+    both the server's start-up lines and what it said last."""
+    text = container_logs(docker_host, name, tail="all")
+    lines = text.splitlines()
+    if len(lines) <= head + tail:
+        return text
+    skipped = len(lines) - head - tail
+    return "\n".join([*lines[:head], f"… {skipped} line(s) skipped …", *lines[-tail:]]) + "\n"
 
 
 def stop_container(docker_host: str, name: str, timeout: int = 10) -> None:

@@ -1,7 +1,9 @@
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,215 @@ def celery_stack(transactional_db, engine):
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+# --- Shared Celery stack -------------------------------------------------------
+# Starting a worker and beat costs a few seconds; tests grouped in a class share
+# one pair of processes. Each test still gets a clean transactional database and
+# engine: the database is flushed before the containers are removed, so the
+# shared reconcile loop never sees a service whose containers just vanished.
+
+
+def start_celery_processes(schedule_path: Path) -> list[subprocess.Popen]:
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="console.settings_test",
+        DATABASE_NAME=settings.DATABASES["default"]["NAME"],
+        SERVICE_TIMEOUT_SCALE=os.environ.get("STACK_TIMEOUT_SCALE", "0.05"),
+        DATABASE_CONN_MAX_AGE="0",
+    )
+    celery = [sys.executable, "-m", "celery", "-A", "console"]
+    log_dir = ROOT / "test-artifacts"
+    log_dir.mkdir(exist_ok=True)
+    processes = []
+    for name, args in (
+        ("worker", ["worker", "-Q", "lifecycle,reconcile", "-c", "4", "-n", "test@%h", "--loglevel", "INFO"]),
+        ("beat", ["beat", "--loglevel", "INFO", "-s", str(schedule_path)]),
+    ):
+        with open(log_dir / f"celery-{name}.log", "ab") as log:
+            processes.append(subprocess.Popen(celery + args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+    return processes
+
+
+def stop_celery_processes(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="class")
+def celery_processes(django_db_setup, tmp_path_factory):
+    """A Celery worker and beat on the test database for every test of one class."""
+    processes = start_celery_processes(tmp_path_factory.mktemp("beat") / "beat-schedule")
+    yield processes
+    stop_celery_processes(processes)
+
+
+@pytest.fixture
+def shared_celery_stack(celery_processes, engine, transactional_db):
+    """Like celery_stack, but the worker and beat live as long as the test class."""
+    for process in celery_processes:
+        assert process.poll() is None, "a Celery process has exited: see test-artifacts/celery-*.log"
+    yield celery_processes
+    for process in celery_processes:
+        assert process.poll() is None, "a Celery process has exited: see test-artifacts/celery-*.log"
+
+
+@pytest.fixture
+def docker_client(engine):
+    """A Docker SDK client for tests that inspect what the console created."""
+    import docker
+
+    client = docker.DockerClient(base_url=engine)
+    yield client
+    client.close()
+
+
+def containers_of(client, service_id) -> list:
+    """Every container (running or not) carrying this service's label."""
+    return client.containers.list(
+        all=True,
+        filters={"label": [f"{runtime.LABEL_CONSOLE}={settings.CONSOLE_ID}", f"{runtime.LABEL_SERVICE}={service_id}"]},
+    )
+
+
+# --- Gateway subprocess ----------------------------------------------------------
+# The gateway reads only committed rows, so tests that call it need a
+# transactional database. One gateway serves the whole session; tests that need
+# other settings start their own with start_gateway(NAME=value, ...).
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_gateway(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def start_gateway(**env_overrides: str) -> tuple[subprocess.Popen, str]:
+    """`python -m gateway --processes 1` on a free port of 127.0.0.1, on the test
+    database; returns (process, base URL) once /healthz answers."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_NAME": settings.DATABASES["default"]["NAME"],
+        "GATEWAY_REFRESH_SECONDS": "0.2",
+        **env_overrides,
+    }
+    log_dir = ROOT / "test-artifacts"
+    log_dir.mkdir(exist_ok=True)
+    command = [sys.executable, "-m", "gateway", "--processes", "1", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_dir / "gateway.log", "ab") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited with code {process.returncode} (log: test-artifacts/gateway.log)")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop_gateway(process)
+            raise RuntimeError("the gateway did not answer /healthz within 20 s (log: test-artifacts/gateway.log)")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def gateway_process(django_db_setup):
+    """One gateway subprocess for the session, reloading its table every 0.2 s."""
+    process, url = start_gateway()
+    yield process, url
+    stop_gateway(process)
+
+
+@pytest.fixture
+def gateway_url(gateway_process, transactional_db) -> str:
+    """Base URL of the session's gateway, e.g. http://127.0.0.1:41234."""
+    process, url = gateway_process
+    assert process.poll() is None, "the session's gateway has exited (log: test-artifacts/gateway.log)"
+    return url
+
+
+# --- The console calling the real gateway ------------------------------------------
+# For the Prediction tab: the console's GATEWAY_URL pointed at the session's
+# gateway, and a Running demo service deployed inline (no Celery).
+
+
+def wait_for_gateway_reload(url: str, timeout: float = 10.0) -> None:
+    """Return once the gateway has loaded its routing table from queries that
+    started after this call, so it knows every row committed before it."""
+    import json
+
+    since = time.time()
+    first_after = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url + "/healthz", timeout=1) as response:
+            loaded_at = json.load(response)["loaded_at"]
+        # A load that finished after `since` may have queried before it; the
+        # next one started its queries after that load finished.
+        if first_after is None and loaded_at > since:
+            first_after = loaded_at
+        elif first_after is not None and loaded_at > first_after:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the gateway did not reload its table within {timeout} s")
+
+
+@pytest.fixture
+def console_gateway(gateway_url, settings) -> str:
+    """The session's gateway, set as the console's settings.GATEWAY_URL."""
+    settings.GATEWAY_URL = gateway_url
+    return gateway_url
+
+
+@pytest.fixture
+def running_demo_service(engine, transactional_db, owner, pool, flavors, demo_version) -> Service:
+    """The demo model (rts-demo-model:1.0.0) deployed with service_deploy_run in
+    the test's thread: Running, one healthy instance."""
+    from services.actions import service_create, service_deploy_run
+    from services.validation import parse_deploy_request
+
+    request = parse_deploy_request(owner=owner, data=deploy_data(demo_version, name="demo-svc"))
+    service = service_create(owner=owner, request=request)
+    assert service_deploy_run(service_id=service.id) == "running"
+    service.refresh_from_db()
+    return service
+
+
+@pytest.fixture
+def enqueued(monkeypatch):
+    """Record the tasks actions enqueue instead of sending them: for tests that run
+    the task bodies inline and want no worker to pick the same work up later."""
+    from services import actions
+
+    calls = []
+    monkeypatch.setattr(actions, "_enqueue", lambda task_name, *args: calls.append((task_name, *args)))
+    return calls
+
+
+def create_service(owner, version, **overrides) -> Service:
+    """service_create with deploy_data(version, **overrides), as the Deploy form would."""
+    from services.actions import service_create
+    from services.validation import parse_deploy_request
+
+    request = parse_deploy_request(owner=owner, data=deploy_data(version, **overrides))
+    return service_create(owner=owner, request=request)
