@@ -1,0 +1,112 @@
+"""The plumbing every endpoint shares: JSON errors, token authentication,
+method checks and body parsing. Error codes follow the gateway's (RTS.4010,
+RTS.4011, RTS.4040), so a client handles both the same way."""
+
+import functools
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from access.selectors import user_for_token
+
+VALIDATION_FAILED = "RTS.4000"
+BODY_MALFORMED = "RTS.4001"
+NO_CREDENTIALS = "RTS.4010"
+BAD_CREDENTIALS = "RTS.4011"
+LOGIN_FAILED = "RTS.4012"
+NOT_FOUND = "RTS.4040"
+METHOD_NOT_ALLOWED = "RTS.4050"
+CONFLICT = "RTS.4090"
+BODY_TOO_LARGE = "RTS.4130"
+
+
+class ApiError(Exception):
+    """Raised anywhere below a view to answer with one JSON error."""
+
+    def __init__(self, status: int, code: str, message: str, errors: dict[str, list[str]] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.errors = errors
+
+
+def error_response(status: int, code: str, message: str, errors: dict[str, list[str]] | None = None) -> JsonResponse:
+    body: dict[str, Any] = {"error_code": code, "error_msg": message}
+    if errors is not None:
+        body["errors"] = errors
+    return JsonResponse(body, status=status)
+
+
+def not_found(message: str) -> ApiError:
+    return ApiError(404, NOT_FOUND, message)
+
+
+def token_from(request: HttpRequest) -> str:
+    token = request.headers.get("X-Auth-Token", "").strip()
+    if token:
+        return token
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return credentials.strip()
+    return ""
+
+
+def json_body(request: HttpRequest) -> dict[str, Any]:
+    """The request body as a JSON object, or ApiError 400/413."""
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise ApiError(413, BODY_TOO_LARGE, "The request body is too large.") from None
+    try:
+        body = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, BODY_MALFORMED, f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, BODY_MALFORMED, "The request body must be a JSON object.")
+    return body
+
+
+def api_view(methods: Iterable[str], *, authenticated: bool = True) -> Callable:
+    """Wrap a function view of the API: 405 for other methods, 401 without a
+    valid token (the view then receives the token's owner as `user`), and JSON
+    for every ApiError. CSRF does not apply: the API never reads the session
+    cookie, so a browser cannot be tricked into making an authenticated call."""
+    allowed = tuple(methods)
+
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            if request.method not in allowed:
+                response = error_response(
+                    405, METHOD_NOT_ALLOWED, f"{request.method} is not allowed here; use {', '.join(allowed)}."
+                )
+                response["Allow"] = ", ".join(allowed)
+                return response
+            if authenticated:
+                token = token_from(request)
+                if not token:
+                    response = error_response(
+                        401, NO_CREDENTIALS, "No credentials: send X-Auth-Token or Authorization: Bearer."
+                    )
+                    response["WWW-Authenticate"] = "Bearer"
+                    return response
+                user = user_for_token(token)
+                if user is None:
+                    response = error_response(401, BAD_CREDENTIALS, "The token is invalid, expired or revoked.")
+                    response["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+                    return response
+                kwargs["user"] = user
+            try:
+                return view(request, *args, **kwargs)
+            except ApiError as exc:
+                return error_response(exc.status, exc.code, exc.message, exc.errors)
+
+        wrapper.allowed_methods = allowed  # read by the OpenAPI test
+        return csrf_exempt(wrapper)
+
+    return decorate

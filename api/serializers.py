@@ -1,0 +1,130 @@
+"""Shape rows into the API's JSON, with ModelArts' field names. Plain functions
+of already-fetched rows: none of them queries the database, provided the rows
+come from the selectors named in each docstring."""
+
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+
+from pools.models import ResourcePool
+from pools.selectors import FlavorOption
+from services.models import AIApplicationVersion, Instance, Service, ServiceEvent, ServiceStatus, ServiceVersionConfig
+
+# ModelArts says "concerning" where the console says Alarm; every other status
+# is its value in lower case.
+_STATUS_NAMES = {ServiceStatus.ALARM: "concerning"}
+
+
+def epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def service_status_name(status: str) -> str:
+    return _STATUS_NAMES.get(status, str(status).lower())
+
+
+def access_address(service: Service) -> str:
+    return f"{settings.GATEWAY_URL.rstrip('/')}/v1/infers/{service.id}"
+
+
+def model_data(version: AIApplicationVersion) -> dict[str, Any]:
+    """One AI application version; needs `application` selected."""
+    return {
+        "model_id": version.id,
+        "model_name": version.application.name,
+        "model_version": version.version,
+        "model_status": version.status,
+        "description": version.application.description,
+        "image": version.image,
+        "port": version.container_port,
+        "health_path": version.health_path,
+        "predict_path": version.predict_path,
+        "websocket": version.is_websocket,
+        "status_reason": version.status_reason,
+        "create_at": epoch_ms(version.created_at),
+    }
+
+
+def config_data(config: ServiceVersionConfig) -> dict[str, Any]:
+    """Needs `app_version__application` and `flavor` selected."""
+    return {
+        "model_id": config.app_version_id,
+        "model_name": config.app_version.application.name,
+        "model_version": config.app_version.version,
+        "weight": config.weight,
+        "specification": config.flavor.code,
+        "instance_count": config.instance_count,
+        "envs": config.envs or {},
+    }
+
+
+def instance_data(instance: Instance) -> dict[str, Any]:
+    """Needs `config` selected."""
+    return {
+        "container_name": instance.container_name,
+        "host_port": instance.host_port,
+        "state": instance.state,
+        "is_healthy": instance.is_healthy,
+        "model_id": instance.config.app_version_id,
+    }
+
+
+def event_data(event: ServiceEvent) -> dict[str, Any]:
+    return {
+        "time": epoch_ms(event.created_at),
+        "level": event.level,
+        "message": event.message,
+        "detail": event.detail,
+    }
+
+
+def service_summary(service: Service) -> dict[str, Any]:
+    """A service as the list shows it; needs a row from services.selectors.service_list_for."""
+    return {
+        "service_id": str(service.id),
+        "service_name": service.name,
+        "description": service.description,
+        "status": service_status_name(service.status),
+        "pool_name": service.pool.name,
+        "access_address": access_address(service),
+        "config": [config_data(config) for config in service.configs.all()],
+        "invocation_times": service.invocation_times,
+        "failed_times": service.failed_times,
+        "error_msg": service.status_reason,
+        "timeout_minutes": service.timeout_minutes,
+        "websocket": service.is_websocket,
+        "create_at": epoch_ms(service.created_at),
+    }
+
+
+def service_data(service: Service) -> dict[str, Any]:
+    """A service with its instances and events (newest first); needs a row
+    from services.selectors.service_detail_for."""
+    return {
+        **service_summary(service),
+        "instances": [instance_data(instance) for instance in service.instance_rows],
+        "events": [event_data(event) for event in service.event_rows],
+    }
+
+
+def specification_data(option: FlavorOption) -> dict[str, Any]:
+    flavor = option.flavor
+    return {
+        "specification": flavor.code,
+        "display_en": flavor.display_name,
+        # A number, not the Decimal's string: 0.5 vCPU is a valid limit.
+        "cpu": float(flavor.cpus),
+        "memory": flavor.memory_mib,
+        "gpu": flavor.gpus,
+        "is_free": flavor.is_free,
+        "spec_status": "available" if option.is_available else "unavailable",
+        "reason": option.reason,
+    }
+
+
+def specifications_data(pool: ResourcePool | None, options: list[FlavorOption]) -> dict[str, Any]:
+    return {
+        "pool_name": pool.name if pool else None,
+        "specifications": [specification_data(option) for option in options],
+    }

@@ -1,0 +1,190 @@
+"""REST API views: parse JSON, call one validation function and one action or
+selector, shape the answer. Rules live in services.validation, writes in the
+actions, JSON shapes in api.serializers."""
+
+import uuid
+
+from django.contrib.auth import authenticate
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+
+from access.actions import access_token_create
+from api import serializers
+from api.http import CONFLICT, LOGIN_FAILED, VALIDATION_FAILED, ApiError, api_view, error_response, json_body, not_found
+from api.openapi import openapi_document
+from api.parsing import (
+    MODEL_FIELDS,
+    SERVICE_FIELDS,
+    deploy_data_from_api,
+    token_request_from_api,
+    validation_error,
+    version_data_from_api,
+)
+from api.selectors import model_list_for, specification_pool_for
+from pools.selectors import flavor_options_for_pool
+from services import actions, selectors
+from services.models import AIApplicationVersion, Service, ServiceStatus
+from services.validation import RequestInvalid, parse_deploy_request, parse_version_request
+
+# PUT {"status": ...} → the action that moves the service there.
+_STATUS_ACTIONS = {
+    ServiceStatus.STOPPED.value: actions.service_stop,
+    ServiceStatus.RUNNING.value: actions.service_start,
+}
+
+
+def _refused(exc: actions.ActionRefused) -> ApiError:
+    return ApiError(409, CONFLICT, str(exc))
+
+
+# --- Tokens ----------------------------------------------------------------------
+
+
+@api_view(["POST"], authenticated=False)
+def auth_tokens(request: HttpRequest) -> HttpResponse:
+    username, password, token_request = token_request_from_api(json_body(request))
+    user = authenticate(request, username=username, password=password)
+    if user is None:
+        return error_response(401, LOGIN_FAILED, "The username or password is incorrect.")
+    issued = access_token_create(owner=user, name=token_request.name, days=token_request.days)
+    response = JsonResponse(
+        {
+            "token": issued.secret,
+            "name": issued.record.name,
+            "expires_at": issued.record.expires_at.isoformat(),
+        },
+        status=201,
+    )
+    response["X-Subject-Token"] = issued.secret
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+# --- Models (AI application versions) ---------------------------------------------
+
+
+def _version_for(user, model_id: str) -> AIApplicationVersion:
+    try:
+        if not model_id.isdigit():
+            raise Http404
+        return selectors.ai_version_get_for(user, int(model_id))
+    except Http404:
+        raise not_found(f"Model {model_id} does not exist.") from None
+
+
+@api_view(["GET", "POST"])
+def models(request: HttpRequest, *, user) -> HttpResponse:
+    if request.method == "GET":
+        versions = list(model_list_for(user))
+        return JsonResponse(
+            {"total_count": len(versions), "models": [serializers.model_data(version) for version in versions]}
+        )
+    data = version_data_from_api(json_body(request))
+    try:
+        version = actions.ai_application_version_register(
+            owner=user, request=parse_version_request(owner=user, data=data)
+        )
+    except RequestInvalid as exc:
+        raise validation_error(exc.errors, MODEL_FIELDS) from None
+    return JsonResponse({"model_id": version.id}, status=201)
+
+
+@api_view(["GET", "DELETE"])
+def model(request: HttpRequest, model_id: str, *, user) -> HttpResponse:
+    version = _version_for(user, model_id)
+    if request.method == "GET":
+        return JsonResponse(serializers.model_data(version))
+    try:
+        actions.ai_application_version_delete(version=version)
+    except actions.ActionRefused as exc:
+        raise _refused(exc) from None
+    return HttpResponse(status=204)
+
+
+# --- Services ----------------------------------------------------------------------
+
+
+def _service_id(service_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(service_id)
+    except ValueError:
+        raise not_found(f"Service {service_id} does not exist.") from None
+
+
+def _service_for(user, service_id: str) -> Service:
+    try:
+        return selectors.service_get_for(user, _service_id(service_id))
+    except Http404:
+        raise not_found(f"Service {service_id} does not exist.") from None
+
+
+def _service_detail(user, service_id: str) -> dict:
+    try:
+        return serializers.service_data(selectors.service_detail_for(user, _service_id(service_id)))
+    except Http404:
+        raise not_found(f"Service {service_id} does not exist.") from None
+
+
+@api_view(["GET", "POST"])
+def services(request: HttpRequest, *, user) -> HttpResponse:
+    if request.method == "GET":
+        rows = list(selectors.service_list_for(user))
+        return JsonResponse(
+            {"total_count": len(rows), "services": [serializers.service_summary(service) for service in rows]}
+        )
+    data = deploy_data_from_api(user, json_body(request))
+    try:
+        service = actions.service_create(owner=user, request=parse_deploy_request(owner=user, data=data))
+    except RequestInvalid as exc:
+        raise validation_error(exc.errors, SERVICE_FIELDS) from None
+    return JsonResponse({"service_id": str(service.id), "service_name": service.name}, status=201)
+
+
+@api_view(["GET", "PUT", "DELETE"])
+def service(request: HttpRequest, service_id: str, *, user) -> HttpResponse:
+    if request.method == "GET":
+        return JsonResponse(_service_detail(user, service_id))
+    if request.method == "DELETE":
+        try:
+            actions.service_delete(service=_service_for(user, service_id))
+        except actions.ActionRefused as exc:
+            raise _refused(exc) from None
+        return HttpResponse(status=204)
+
+    target = _service_for(user, service_id)
+    body = json_body(request)
+    status = body.get("status")
+    action = _STATUS_ACTIONS.get(status) if isinstance(status, str) else None
+    if action is None:
+        raise ApiError(
+            400,
+            VALIDATION_FAILED,
+            "The request is invalid. status: must be \"stopped\" or \"running\".",
+            {"status": ['Status must be "stopped" (to stop the service) or "running" (to start it).']},
+        )
+    try:
+        action(service=target)
+    except actions.ActionRefused as exc:
+        raise _refused(exc) from None
+    return JsonResponse(_service_detail(user, service_id))
+
+
+@api_view(["GET"])
+def specifications(request: HttpRequest, *, user) -> HttpResponse:
+    pool_name = request.GET.get("pool_name", "").strip()
+    pool = specification_pool_for(user, pool_name)
+    if pool_name and pool is None:
+        raise not_found(f"Resource pool {pool_name} does not exist or is not yours.")
+    return JsonResponse(serializers.specifications_data(pool, flavor_options_for_pool(pool)))
+
+
+# --- The rest ------------------------------------------------------------------------
+
+
+@api_view(["GET"], authenticated=False)
+def openapi(request: HttpRequest) -> HttpResponse:
+    return JsonResponse(openapi_document())
+
+
+@api_view(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"], authenticated=False)
+def not_found_view(request: HttpRequest) -> HttpResponse:
+    raise not_found(f"There is no API endpoint at {request.path}.")
