@@ -23,6 +23,7 @@ INSTALLED_APPS = [
     "pools",
     "services",
     "access",
+    "api",
 ]
 
 MIDDLEWARE = [

@@ -1,14 +1,21 @@
 """Reads: every query the views make, scoped to the user who asks."""
 
-from django.db.models import Count, Prefetch, Q, QuerySet
-from django.shortcuts import get_object_or_404
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
+from django.db import connection
+from django.db.models import Count, Prefetch, Q, QuerySet, Sum
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+
+from gateway.stats import LATENCY_BUCKET_COUNT, percentile_ms
 from services.models import (
     TRANSITIONAL_STATUSES,
     AIApplication,
     AIApplicationVersion,
     Instance,
     Service,
+    ServiceCallStat,
     ServiceVersionConfig,
     VersionStatus,
 )
@@ -88,3 +95,110 @@ def instance_logs_for(instances: list[Instance]) -> dict[int, str]:
         except runtime.EngineError as exc:
             logs[instance.id] = f"(logs unavailable: {exc})"
     return logs
+
+
+# --- Call statistics ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionCallSummary:
+    config: ServiceVersionConfig
+    calls: int
+    failed: int
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+
+
+@dataclass(frozen=True)
+class ServiceCallSummary:
+    calls: int
+    failed: int
+    versions: list[VersionCallSummary]
+
+    @property
+    def failed_percent(self) -> float | None:
+        return 100 * self.failed / self.calls if self.calls else None
+
+
+# Postgres has no element-wise sum of arrays; unnest the histograms with their
+# positions and sum per position, so the merge happens in the database whatever
+# the number of minute rows.
+_HISTOGRAM_SQL = f"""
+SELECT s.config_id, h.n, sum(h.v)
+FROM {ServiceCallStat._meta.db_table} s
+CROSS JOIN LATERAL unnest(s.latency_hist) WITH ORDINALITY AS h(v, n)
+WHERE s.service_id = %s
+GROUP BY s.config_id, h.n
+"""
+
+
+def service_call_summary(service: Service) -> ServiceCallSummary:
+    """Totals (the service's running counters) and, per version, calls, failed
+    calls and latency percentiles since the service was created.
+
+    Queries: the configurations with version and application; calls and failed
+    per configuration; the merged histogram per configuration.
+    """
+    configs = list(
+        ServiceVersionConfig.objects.filter(service=service).select_related("app_version__application")
+    )
+    counts = {
+        row["config_id"]: row
+        for row in ServiceCallStat.objects.filter(service=service)
+        .order_by()
+        .values("config_id")
+        .annotate(calls=Sum("calls"), failed=Sum("failed"))
+    }
+    histograms: dict[int, list[int]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(_HISTOGRAM_SQL, [service.pk])
+        for config_id, position, total in cursor.fetchall():
+            histograms.setdefault(config_id, [0] * LATENCY_BUCKET_COUNT)[position - 1] = int(total)
+    versions = []
+    for config in configs:
+        row = counts.get(config.id, {})
+        histogram = histograms.get(config.id, [0] * LATENCY_BUCKET_COUNT)
+        versions.append(
+            VersionCallSummary(
+                config=config,
+                calls=row.get("calls") or 0,
+                failed=row.get("failed") or 0,
+                p50_ms=percentile_ms(histogram, 0.50),
+                p90_ms=percentile_ms(histogram, 0.90),
+                p99_ms=percentile_ms(histogram, 0.99),
+            )
+        )
+    return ServiceCallSummary(calls=service.invocation_times, failed=service.failed_times, versions=versions)
+
+
+@dataclass(frozen=True)
+class MinuteCalls:
+    start: datetime
+    calls: int
+    failed: int
+
+
+def service_call_series(service: Service, minutes: int = 60, now: datetime | None = None) -> list[MinuteCalls]:
+    """Calls and failed calls of every version together, per minute, for the
+    last `minutes` minutes up to and including the current one, oldest first;
+    minutes without calls are present with zeros.
+
+    One query: the minute rows of the window summed over versions.
+    """
+    # The gateway writes buckets at whole UTC minutes.
+    last = (now or timezone.now()).astimezone(UTC).replace(second=0, microsecond=0)
+    first = last - timedelta(minutes=minutes - 1)
+    rows = {
+        row["bucket_start"]: row
+        for row in ServiceCallStat.objects.filter(service=service, bucket_start__gte=first, bucket_start__lte=last)
+        .order_by("bucket_start")
+        .values("bucket_start")
+        .annotate(calls=Sum("calls"), failed=Sum("failed"))
+    }
+    series = []
+    for offset in range(minutes):
+        start = first + timedelta(minutes=offset)
+        row = rows.get(start, {})
+        series.append(MinuteCalls(start=start, calls=row.get("calls") or 0, failed=row.get("failed") or 0))
+    return series

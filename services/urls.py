@@ -12,6 +12,13 @@ urlpatterns = [
     path("services/<uuid:service_id>/start/", views.service_start, name="start"),
     path("services/<uuid:service_id>/stop/", views.service_stop, name="stop"),
     path("services/<uuid:service_id>/delete/", views.service_delete, name="delete"),
+    path("services/<uuid:service_id>/predict/", views.service_predict, name="predict"),
+    path("services/<uuid:service_id>/app-codes/", views.service_app_code_create, name="app_code_create"),
+    path(
+        "services/<uuid:service_id>/app-codes/<int:code_id>/revoke/",
+        views.service_app_code_revoke,
+        name="app_code_revoke",
+    ),
     path("applications/", views.application_list, name="applications"),
     path("applications/register/", views.application_register, name="application_register"),
     path("applications/versions/<int:version_id>/recheck/", views.application_version_recheck, name="version_recheck"),

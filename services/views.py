@@ -1,11 +1,19 @@
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from access import actions as access_actions
+from access import selectors as access_selectors
 from pools.selectors import flavor_options_for_pool, pool_list_for
-from services import actions, selectors
+from services import actions, prediction, selectors
+from services.charts import calls_bar_chart
 from services.forms import deploy_data_from_post, deploy_form_context, version_data_from_post
 from services.validation import RequestInvalid, parse_deploy_request, parse_version_request
 
@@ -51,15 +59,169 @@ def service_deploy_flavors(request: HttpRequest) -> HttpResponse:
     return render(request, "services/service_deploy.html#flavors", context)
 
 
+DETAIL_TABS = {
+    "overview": "Overview",
+    "prediction": "Prediction",
+    "usage": "Usage Guide",
+    "monitoring": "Monitoring",
+}
+MONITORING_MINUTES = 60
+
+
 @login_required
 @require_GET
 def service_detail(request: HttpRequest, service_id) -> HttpResponse:
-    service = selectors.service_detail_for(request.user, service_id)
-    context = {"service": service, "is_polling": service.is_transitional}
     if request.htmx:
+        # The Overview's live part polling while the service is in transition.
+        service = selectors.service_detail_for(request.user, service_id)
+        context = {"service": service, "is_polling": service.is_transitional}
         return render(request, "services/service_detail.html#live", context)
-    context["instance_logs"] = selectors.instance_logs_for(service.instance_rows)
-    return render(request, "services/service_detail.html", context)
+    tab = request.GET.get("tab", "overview")
+    if tab not in DETAIL_TABS:
+        tab = "overview"
+    return _detail_page(request, service_id, tab)
+
+
+def _detail_page(request: HttpRequest, service_id, tab: str, *, status: int = 200, **extra) -> HttpResponse:
+    """The service page with one tab open; each tab reads only what it shows."""
+    if tab == "overview":
+        service = selectors.service_detail_for(request.user, service_id)
+    else:
+        service = selectors.service_get_for(request.user, service_id)
+    context = {
+        "service": service,
+        "tab": tab,
+        "tabs": DETAIL_TABS,
+        "is_polling": tab == "overview" and service.is_transitional,
+        "api_url": prediction.gateway_url(service.id),
+    }
+    if tab == "overview":
+        context["instance_logs"] = selectors.instance_logs_for(service.instance_rows)
+    elif tab == "prediction":
+        context.update(_prediction_context(extra.pop("data", None)))
+    elif tab == "usage":
+        context.update(_usage_context(service))
+    elif tab == "monitoring":
+        context.update(_monitoring_context(service))
+    context.update(extra)
+    return render(request, "services/service_detail.html", context, status=status)
+
+
+def _prediction_context(data: dict | None) -> dict:
+    return {
+        "prediction_data": data
+        or {"input": "json", "body": prediction.SAMPLE_BODY, "file_as": "body", "file_field": "file", "path": ""},
+        "upload_max_mib": f"{settings.PREDICTION_UPLOAD_MAX_BYTES / (1024 * 1024):g}",
+    }
+
+
+def _usage_context(service) -> dict:
+    return {
+        "app_codes": list(access_selectors.app_code_list_for(service)),
+        "sample_body": prediction.SAMPLE_BODY,
+    }
+
+
+def _monitoring_context(service) -> dict:
+    series = selectors.service_call_series(service, minutes=MONITORING_MINUTES)
+    return {
+        "call_summary": selectors.service_call_summary(service),
+        "chart": calls_bar_chart(series, lambda start: timezone.localtime(start).strftime("%H:%M")),
+        "chart_minutes": MONITORING_MINUTES,
+    }
+
+
+# --- Prediction -----------------------------------------------------------------
+
+PREDICTION_FIELDS = ("input", "body", "file_as", "file_field", "path")
+
+
+@csrf_exempt
+@login_required
+@require_POST
+def service_predict(request: HttpRequest, service_id) -> HttpResponse:
+    """Send the tab's input to the service through the gateway and show the answer.
+
+    Exempt from the middleware's CSRF check only so that the upload limit can be
+    installed before anything reads the body; the check runs just after, in
+    _service_predict.
+    """
+    limit = prediction.UploadLimitHandler(request, limit=settings.PREDICTION_UPLOAD_MAX_BYTES)
+    request.upload_handlers.insert(0, limit)
+    try:
+        return _service_predict(request, service_id, limit)
+    except RequestDataTooBig:
+        mib = settings.DATA_UPLOAD_MAX_MEMORY_SIZE / (1024 * 1024)
+        message = (
+            f"The JSON body is larger than {mib:.1f} MiB; upload it as a file (up to "
+            f"{settings.PREDICTION_UPLOAD_MAX_BYTES // (1024 * 1024)} MiB) instead. Nothing was sent."
+        )
+        return render(
+            request, "services/service_detail_prediction.html#result", {"errors": {"body": [message]}}, status=413
+        )
+
+
+@csrf_protect
+def _service_predict(request: HttpRequest, service_id, limit: prediction.UploadLimitHandler) -> HttpResponse:
+    service = selectors.service_get_for(request.user, service_id)
+    data = {name: request.POST.get(name, "") for name in PREDICTION_FIELDS}
+    try:
+        prediction_input = prediction.prediction_input_parse(
+            data=data, upload=request.FILES.get("file"), is_upload_too_large="file" in limit.too_large_fields
+        )
+    except RequestInvalid as exc:
+        is_too_large = "file" in limit.too_large_fields and data["input"] == "file"
+        return _prediction_response(request, service, data, {"errors": exc.errors}, status=413 if is_too_large else 400)
+    try:
+        reply = prediction.service_predict(
+            session=request.session, user=request.user, service_id=service.id, request=prediction_input
+        )
+    except prediction.GatewayUnreachable as exc:
+        return _prediction_response(request, service, data, {"unreachable": str(exc)}, status=502)
+    kind, text = reply.display()
+    result = {"reply": reply, "reply_kind": kind, "reply_text": text, "sent": prediction_input.summary}
+    return _prediction_response(request, service, data, result)
+
+
+def _prediction_response(request, service, data: dict, result: dict, *, status: int = 200) -> HttpResponse:
+    if request.htmx:
+        return render(request, "services/service_detail_prediction.html#result", result, status=status)
+    # Without JavaScript the form posts normally: show the whole tab again.
+    return _detail_page(request, service.id, "prediction", status=status, data=data, **result)
+
+
+# --- App codes ------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+def service_app_code_create(request: HttpRequest, service_id) -> HttpResponse:
+    service = selectors.service_get_for(request.user, service_id)
+    issued = access_actions.app_code_create(service=service)
+    # Shown in this response only: the code is stored as a hash.
+    return _app_codes_response(request, service, new_app_code=issued.secret)
+
+
+@login_required
+@require_POST
+def service_app_code_revoke(request: HttpRequest, service_id, code_id: int) -> HttpResponse:
+    code = access_selectors.app_code_get_for(request.user, service_id, code_id)
+    service = selectors.service_get_for(request.user, service_id)
+    if access_actions.app_code_revoke(code=code):
+        note = f"Revoked app code {code.prefix}…; calls with it are refused within a second."
+    else:
+        note = f"App code {code.prefix}… was already revoked."
+    if request.htmx:
+        return _app_codes_response(request, service, app_code_note=note)
+    messages.success(request, note)
+    return redirect(reverse("services:detail", args=[service.id]) + "?tab=usage")
+
+
+def _app_codes_response(request, service, **extra) -> HttpResponse:
+    if request.htmx:
+        context = {"service": service, **_usage_context(service), **extra}
+        return render(request, "services/service_detail_usage.html#app_codes", context)
+    return _detail_page(request, service.id, "usage", **extra)
 
 
 def _lifecycle(request: HttpRequest, service_id, action, done: str) -> HttpResponse:

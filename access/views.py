@@ -1,0 +1,64 @@
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_http_methods, require_POST
+
+from access import actions, selectors
+from access.forms import TokenRequestInvalid, token_data_from_post, token_request_parse
+from access.models import AccessToken
+
+
+def token_status(token: AccessToken, now) -> str:
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def access_keys(request: HttpRequest) -> HttpResponse:
+    """The user's API tokens; POST creates one and shows its secret in this
+    response only (it is stored as a hash, so it can never be shown again)."""
+    errors: dict[str, list[str]] = {}
+    new_token = None
+    data = {"name": "", "days": str(settings.ACCESS_TOKEN_DEFAULT_DAYS)}
+    if request.method == "POST":
+        posted = token_data_from_post(request.POST)
+        try:
+            token_request = token_request_parse(posted)
+        except TokenRequestInvalid as exc:
+            errors = exc.errors
+            data = posted
+        else:
+            new_token = actions.access_token_create(
+                owner=request.user, name=token_request.name, days=token_request.days
+            )
+    now = timezone.now()
+    tokens = list(selectors.access_token_list_for(request.user))
+    for token in tokens:
+        token.status = token_status(token, now)
+    context = {
+        "tokens": tokens,
+        "data": data,
+        "errors": errors,
+        "new_token": new_token,
+        "max_days": settings.ACCESS_TOKEN_MAX_DAYS,
+        "gateway_url": settings.GATEWAY_URL,
+    }
+    return render(request, "access/access_keys.html", context, status=400 if errors else 200)
+
+
+@login_required
+@require_POST
+def access_key_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+    token = selectors.access_token_get_for(request.user, token_id)
+    if actions.access_token_revoke(token=token):
+        messages.success(request, f"Revoked {token.name} ({token.prefix}…); calls with it are refused within a second.")
+    else:
+        messages.info(request, f"{token.name} ({token.prefix}…) was already revoked.")
+    return redirect("access:keys")

@@ -1,0 +1,101 @@
+"""The service page's tabs and its Usage Guide: each tab as the owner, as
+another user (404); the Overview keeps its live polling; the Usage Guide shows
+the real URL, the headers and ready snippets."""
+
+import html
+import re
+
+import pytest
+from django.urls import reverse
+
+from services.models import Service, ServiceStatus, ServiceVersionConfig
+
+pytestmark = pytest.mark.django_db
+
+TABS = ["overview", "prediction", "usage", "monitoring"]
+
+
+@pytest.fixture
+def service(owner, pool, flavors, demo_version) -> Service:
+    service = Service.objects.create(owner=owner, name="svc-tabs", pool=pool, status=ServiceStatus.RUNNING)
+    ServiceVersionConfig.objects.create(service=service, app_version=demo_version, flavor=flavors["small"])
+    return service
+
+
+def tab_url(service, tab: str) -> str:
+    return reverse("services:detail", args=[service.id]) + f"?tab={tab}"
+
+
+@pytest.mark.parametrize("tab", TABS)
+def test_each_tab_opens_with_its_link_marked(owner_client, service, tab):
+    response = owner_client.get(tab_url(service, tab))
+
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert content.count('aria-current="page"') == 1
+    assert f'id="tab-{tab}" class="tab active" aria-current="page"' in content
+    for other in TABS:
+        href = reverse("services:detail", args=[service.id]) + ("" if other == "overview" else f"?tab={other}")
+        assert f'<a href="{href}" id="tab-{other}"' in content
+
+
+@pytest.mark.parametrize("tab", TABS + ["nonsense"])
+def test_another_user_gets_404_on_every_tab(client, other_user, service, tab):
+    client.force_login(other_user)
+
+    assert client.get(tab_url(service, tab)).status_code == 404
+
+
+def test_an_unknown_tab_shows_the_overview(owner_client, service):
+    content = owner_client.get(tab_url(service, "nonsense")).content.decode()
+
+    assert 'id="tab-overview" class="tab active"' in content
+    assert "<h2>Configuration</h2>" in content
+
+
+def test_only_the_overview_polls_while_the_service_is_in_transition(owner_client, service):
+    Service.objects.filter(id=service.id).update(status=ServiceStatus.DEPLOYING)
+    poll = f'hx-get="{reverse("services:detail", args=[service.id])}" hx-trigger="every 1s"'
+
+    overview = owner_client.get(reverse("services:detail", args=[service.id])).content.decode()
+    others = [owner_client.get(tab_url(service, tab)).content.decode() for tab in ("prediction", "usage", "monitoring")]
+
+    assert poll in overview
+    assert all("hx-get" not in content for content in others)
+    # Tabs other than the Overview show the status next to the name instead.
+    assert all('<span class="badge status-deploying"' in content.split("</h1>", 1)[0] for content in others)
+
+
+def test_the_usage_guide_shows_the_url_headers_and_snippets_with_the_real_url(owner_client, service, settings):
+    settings.GATEWAY_URL = "https://infer.example.com:8443"
+    api_url = f"https://infer.example.com:8443/v1/infers/{service.id}"
+
+    response = owner_client.get(tab_url(service, "usage"))
+
+    text = html.unescape(response.content.decode())
+    assert f'<code class="copy-value" id="api-url">{api_url}</code>' in text
+    assert "<code>X-Auth-Token</code>" in text
+    assert "<code>Bearer <YOUR_TOKEN></code>" in text
+    assert "<code>X-Apig-AppCode</code>" in text
+    assert f'<a href="{reverse("access:keys")}">Access keys</a>' in text
+    assert '<a href="#app-codes">App codes</a>' in text
+    assert 'id="app-codes"' in text
+    curl = text.split('<pre id="snippet-curl">', 1)[1].split("</pre>", 1)[0]
+    assert curl == (
+        f"curl -X POST '{api_url}' \\\n"
+        "  -H 'X-Auth-Token: <YOUR_TOKEN>' \\\n"
+        "  -H 'Content-Type: application/json' \\\n"
+        """  -d '{"instances": [[1, 2, 3]]}'"""
+    )
+    python = text.split('<pre id="snippet-python">', 1)[1].split("</pre>", 1)[0]
+    assert f'url = "{api_url}"' in python
+    assert 'headers = {"X-Auth-Token": "<YOUR_TOKEN>"}' in python
+    assert 'requests.post(url, json={"instances": [[1, 2, 3]]}, headers=headers, timeout=60)' in python
+    # The snippet is real Python.
+    compile(python, "snippet", "exec")
+
+
+def test_the_usage_guide_names_the_predict_path(owner_client, service):
+    text = html.unescape(owner_client.get(tab_url(service, "usage")).content.decode())
+
+    assert re.search(r"goes to the predict path of a healthy instance\s+\(<code>/predict</code>\)", text)
