@@ -1,5 +1,5 @@
 # Real-Time Services console: developer entry points.
-#   make run    bootstrap everything, migrate, seed, then start web + workers + beat
+#   make run    bootstrap everything, migrate, seed, then start web + workers + beat + gateway
 #   make test   bootstrap (with Chromium) and run the test suite
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -26,7 +26,7 @@ images: ## build the base image and the demo model images if missing or outdated
 status: ## show what is installed and running, change nothing
 	@scripts/bootstrap.sh status
 
-run: ## bootstrap, migrate, seed the demo data, then run web + workers + beat (Ctrl-C stops all)
+run: ## bootstrap, migrate, seed the demo data, then run web + workers + beat + gateway (Ctrl-C stops all)
 	scripts/bootstrap.sh all
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v0

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 
-from gateway.app import serve
+from gateway.app import serve, serve_child
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     stopping = False
 
     def start() -> multiprocessing.Process:
-        process = context.Process(target=serve, args=(args.host, args.port), daemon=False)
+        process = context.Process(target=serve_child, args=(args.host, args.port, os.getpid()), daemon=False)
         process.start()
         return process
 

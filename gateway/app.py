@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import datetime as dt
 import json
 import logging
+import os
 import random
+import signal
 import time
 
-import aiohttp
 import psycopg
 from aiohttp import web
+from multidict import CIMultiDict
+
+try:
+    import uvloop
+except ImportError:  # optional: the gateway works on asyncio's own loop
+    uvloop = None
 
 from console import settings
 from gateway import store
+from gateway import upstream as upstream_client
 from gateway.routing import SERVING_STATUSES, AuthResult, RoutingTable, authorize
 from gateway.stats import CallStats
 
@@ -28,6 +37,14 @@ HOP_BY_HOP = frozenset(
     )
 )  # fmt: skip
 CREDENTIAL_HEADERS = frozenset({"x-auth-token", "authorization", "x-apig-appcode"})
+# Not sent on to the model: hop-by-hop headers, the caller's credentials,
+# X-Forwarded-For (rewritten), and Expect (the gateway has read the body already).
+NOT_FORWARDED = HOP_BY_HOP | CREDENTIAL_HEADERS | {"x-forwarded-for", "expect"}
+PREFIX_LENGTH = len("/v1/infers/")
+CALL_TIMEOUT_SECONDS = settings.GATEWAY_CALL_TIMEOUT_SECONDS
+# Answers up to this size (with a Content-Length) are read whole and sent in
+# one write; larger ones are streamed.
+BUFFERED_RESPONSE_BYTES = 256 * 1024
 STATUS_LABELS = {
     "deploying": "Deploying", "running": "Running", "alarm": "Alarm", "abnormal": "Abnormal",
     "failed": "Failed", "stopping": "Stopping", "stopped": "Stopped", "deleting": "Deleting",
@@ -38,7 +55,7 @@ SUSPECT_SECONDS = 2.0
 
 TABLE = web.AppKey("table", dict)
 STATS = web.AppKey("stats", CallStats)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
+POOL = web.AppKey("pool", upstream_client.Pool)
 SUSPECTS = web.AppKey("suspects", dict)
 
 
@@ -68,9 +85,13 @@ def _credentials(request: web.Request) -> tuple[str | None, str | None]:
 
 async def _read_body(request: web.Request) -> bytes | None:
     """The request body, or None when it is larger than the limit."""
+    if not request.body_exists:
+        return b""
     limit = settings.GATEWAY_MAX_BODY_BYTES
-    if request.content_length is not None and request.content_length > limit:
-        return None
+    length = request.content_length
+    if length is not None:
+        # Within the limit, and client_max_size is the limit: read() suffices.
+        return None if length > limit else await request.read()
     chunks = []
     size = 0
     async for chunk in request.content.iter_any():
@@ -102,69 +123,102 @@ async def infer(request: web.Request) -> web.StreamResponse:
     if body is None:
         return error(413, "RTS.4130", f"The request body is larger than {settings.GATEWAY_MAX_BODY_BYTES} bytes.")
 
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | CREDENTIAL_HEADERS}
-    headers["X-Forwarded-For"] = request.remote or ""
-    rest = request.match_info.get("rest")
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
+    forwarded_for = request.headers.get("X-Forwarded-For")
+    remote = request.remote or ""
+    headers.append(("X-Forwarded-For", f"{forwarded_for}, {remote}" if forwarded_for else remote))
+    # The path and query go through exactly as the caller encoded them.
+    rel_url = request.rel_url
+    raw_path = rel_url.raw_path
+    rest_at = raw_path.find("/", PREFIX_LENGTH)
+    query = rel_url.raw_query_string
+    target_query = "?" + query if query else ""
     suspects: dict = app[SUSPECTS]
-    now = time.monotonic()
-    exclude = {upstream for upstream, until in suspects.items() if until > now}
+    if suspects:
+        now = time.monotonic()
+        avoid = {upstream for upstream, until in suspects.items() if until > now}
+    else:
+        avoid = set()
+    tried: set[tuple[str, int]] = set()
     rng = app[TABLE]["rng"]
-    stats: CallStats = app[STATS]
-    session: aiohttp.ClientSession = app[SESSION]
+    pool: upstream_client.Pool = app[POOL]
+    method = request.method
 
     version = None
     last_error = ""
     # Only connection failures are retried (the call never reached a model),
-    # on another instance, at most once per instance.
+    # on another instance, at most once per instance. Instances that refused a
+    # connection a moment ago are tried last, not never: the table, not this
+    # process's hunch, says which instances are healthy.
     while True:
+        exclude = tried | avoid if tried else avoid
         version = service.pick_version(rng, exclude)
+        if version is None and avoid:
+            avoid = set()
+            continue
         if version is None:
             break
         upstream = version.pick_upstream(exclude)
-        if upstream is None:
-            break
-        path = "/" + rest if rest is not None else version.predict_path
-        url = f"http://{upstream[0]}:{upstream[1]}{path}"
+        target = (raw_path[rest_at:] if rest_at != -1 else version.predict_path) + target_query
         try:
-            upstream_response = await session.request(
-                request.method, url, params=request.query, data=body or None, headers=headers,
-                allow_redirects=False, timeout=aiohttp.ClientTimeout(total=settings.GATEWAY_CALL_TIMEOUT_SECONDS),
-            )  # fmt: skip
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            answer = await pool.request(upstream, method, target, headers, body, CALL_TIMEOUT_SECONDS)
+        except (upstream_client.ConnectError, upstream_client.Disconnected) as exc:
             suspects[upstream] = time.monotonic() + SUSPECT_SECONDS
-            exclude.add(upstream)
+            tried.add(upstream)
             last_error = str(exc)
             continue
+        except upstream_client.BadResponse as exc:
+            app[STATS].record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
+            return error(502, "RTS.5021", f"The instance did not answer in HTTP: {exc}")
         except TimeoutError:
-            stats.record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
-            return error(504, "RTS.5040", f"The model did not answer within {settings.GATEWAY_CALL_TIMEOUT_SECONDS:g} s.")
-        return await _relay(request, upstream_response, stats, service_id, version.config_id, started)
+            app[STATS].record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
+            return error(504, "RTS.5040", f"The model did not answer within {CALL_TIMEOUT_SECONDS:g} s.")
+        return await _relay(request, answer, app[STATS], service_id, version.config_id, started)
 
+    # A call that reached no model is still a failed call of the service.
+    counted = next((v for v in service.versions if v.weight > 0), None)
+    if counted is not None:
+        app[STATS].record(service_id, counted.config_id, (time.perf_counter() - started) * 1000, True)
     if last_error:
         return error(502, "RTS.5020", f"Could not connect to an instance of the service: {last_error}")
     return error(503, "RTS.5032", f"Service {service_id} has no healthy instance.")
 
 
-async def _relay(request, upstream_response, stats: CallStats, service_id: str, config_id: int, started: float):
-    """Stream the model's answer back with its status, headers and body unchanged."""
-    is_failed = upstream_response.status >= 400
+async def _relay(request, answer, stats: CallStats, service_id: str, config_id: int, started: float):
+    """Send the model's answer back with its status, headers and body unchanged.
+
+    A small answer of known length is read whole and sent in one write; any
+    other is streamed as it arrives (and an answer to HEAD keeps its length).
+    """
+    status = answer.status
+    is_failed = status >= 400
+    headers = CIMultiDict((key, value) for key, value in answer.headers if key.lower() not in HOP_BY_HOP)
+    length = answer.content_length
     try:
-        response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason)
-        for key, value in upstream_response.headers.items():
-            if key.lower() not in HOP_BY_HOP:
-                response.headers.add(key, value)
-        if upstream_response.content_length is not None:
-            response.content_length = upstream_response.content_length
+        if length is not None and length <= BUFFERED_RESPONSE_BYTES and request.method != "HEAD":
+            try:
+                body = await answer.read()
+            except TimeoutError:
+                is_failed = True
+                return error(504, "RTS.5040", f"The model did not answer within {CALL_TIMEOUT_SECONDS:g} s.")
+            except upstream_client.UpstreamError as exc:
+                is_failed = True
+                return error(502, "RTS.5021", f"The connection to the instance broke during the answer: {exc}")
+            return web.Response(status=status, reason=answer.reason, body=body, headers=headers)
+        response = web.StreamResponse(status=status, reason=answer.reason, headers=headers)
+        if length is not None:
+            response.content_length = length
         await response.prepare(request)
-        async for chunk in upstream_response.content.iter_any():
+        async for chunk in answer.iter_chunks():
             await response.write(chunk)
         await response.write_eof()
         return response
-    except (aiohttp.ClientError, TimeoutError, ConnectionResetError):
+    except (upstream_client.UpstreamError, TimeoutError, ConnectionResetError):
+        # The headers are out already: all that is left is to cut the connection.
         is_failed = True
         raise
     finally:
-        upstream_response.release()
+        answer.release()
         stats.record(service_id, config_id, (time.perf_counter() - started) * 1000, is_failed)
 
 
@@ -185,7 +239,18 @@ async def _refresh_loop(app: web.Application) -> None:
         except (psycopg.Error, OSError) as exc:
             log.warning("routing table reload failed, keeping the last one: %s", exc)
             conn = None
+        _forget_stale(app)
         await asyncio.sleep(settings.GATEWAY_REFRESH_SECONDS)
+
+
+def _forget_stale(app: web.Application) -> None:
+    """Drop lapsed suspicions and long-idle upstream connections, so neither piles up."""
+    suspects: dict = app[SUSPECTS]
+    if suspects:
+        now = time.monotonic()
+        for upstream in [u for u, until in suspects.items() if until <= now]:
+            del suspects[upstream]
+    app[POOL].close_idle()
 
 
 async def _flush_loop(app: web.Application) -> None:
@@ -214,11 +279,7 @@ async def _flush_once(app: web.Application, conn_holder: dict) -> None:
 
 
 async def _start_background(app: web.Application):
-    app[SESSION] = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=None),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept-Encoding"),
-    )
+    app[POOL] = upstream_client.Pool()
     refresh = asyncio.create_task(_refresh_loop(app))
     flush = asyncio.create_task(_flush_loop(app))
     try:
@@ -229,7 +290,7 @@ async def _start_background(app: web.Application):
     refresh.cancel()
     flush.cancel()
     await _flush_once(app, {"conn": None})
-    await app[SESSION].close()
+    app[POOL].close()
 
 
 def create_app() -> web.Application:
@@ -244,7 +305,28 @@ def create_app() -> web.Application:
     return app
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed (less time per call), else asyncio's."""
+    if uvloop is not None:
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def serve(host: str, port: int) -> None:
     """Run one gateway process; several share the port through SO_REUSEPORT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s gateway[%(process)d]: %(message)s")
-    web.run_app(create_app(), host=host, port=port, reuse_port=True, access_log=None, print=None)
+    loop = new_event_loop()
+    log.info("event loop: %s", type(loop).__module__)
+    web.run_app(create_app(), host=host, port=port, reuse_port=True, access_log=None, print=None, loop=loop)
+
+
+def serve_child(host: str, port: int, parent_pid: int) -> None:
+    """One process of a multi-process gateway: it ends with its parent, even a killed one."""
+    try:
+        # PR_SET_PDEATHSIG (Linux): the kernel sends SIGTERM when the parent dies.
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:
+        return
+    serve(host, port)

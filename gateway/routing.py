@@ -6,6 +6,7 @@ import hashlib
 import random
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 SERVING_STATUSES = frozenset({"running", "alarm"})
 
@@ -36,11 +37,17 @@ class ServiceRoute:
     status: str
     versions: list[VersionRoute] = field(default_factory=list)
 
+    @cached_property
+    def serving_versions(self) -> list[VersionRoute]:
+        """Versions that take traffic and have a healthy instance (a table is never changed once built)."""
+        return [v for v in self.versions if v.weight > 0 and v.upstreams]
+
     def pick_version(self, rng: random.Random, exclude: set[tuple[str, int]] = frozenset()) -> VersionRoute | None:
         """A version chosen by traffic weight among those with an instance left to try."""
-        candidates = [
-            v for v in self.versions if v.weight > 0 and any(u not in exclude for u in v.upstreams)
-        ]
+        if exclude:
+            candidates = [v for v in self.serving_versions if any(u not in exclude for u in v.upstreams)]
+        else:
+            candidates = self.serving_versions
         if not candidates:
             return None
         if len(candidates) == 1:

@@ -20,9 +20,11 @@ LEFT JOIN services_instance i
   ON i.config_id = c.id AND i.is_healthy AND i.host_port IS NOT NULL
 ORDER BY c.position
 """
+# A deactivated user's tokens stop working, as they do for the REST API.
 TOKENS_SQL = """
-SELECT token_hash, owner_id, extract(epoch FROM expires_at)::float8
-FROM access_accesstoken WHERE revoked_at IS NULL AND expires_at > now()
+SELECT t.token_hash, t.owner_id, extract(epoch FROM t.expires_at)::float8
+FROM access_accesstoken t JOIN auth_user u ON u.id = t.owner_id
+WHERE t.revoked_at IS NULL AND t.expires_at > now() AND u.is_active
 """
 APP_CODES_SQL = "SELECT code_hash, service_id FROM access_appcode WHERE revoked_at IS NULL"
 

@@ -13,6 +13,7 @@
 #   demo-images  rts-demo-model:1.0.0 and :2.0.0 from examples/model-server
 #   images       base-image + demo-images (starts the engine first if needed)
 #   chromium     /usr/bin/chromium for the browser tests
+#   bench-tools  wrk and nginx for bench/gateway.py (not part of all)
 #   all          python services docker images
 #   test         all chromium   (--with-chromium adds chromium to any list)
 #   status       print what is there, change nothing
@@ -395,6 +396,17 @@ step_chromium() {
     ok "chromium: installed"
 }
 
+# ---- benchmark tools -------------------------------------------------------------
+step_bench_tools() {
+    local missing=()
+    have wrk || missing+=(wrk)
+    have nginx || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt_install "${missing[@]}"
+    fi
+    ok "bench tools: wrk and nginx present"
+}
+
 # ---- status --------------------------------------------------------------------
 step_status() {
     local host port
@@ -420,7 +432,7 @@ for arg in "$@"; do
         all) steps+=(python services docker images) ;;
         test) steps+=(python services docker images chromium) ;;
         --with-chromium) steps+=(chromium) ;;
-        python|services|postgres|redis|docker|base-image|demo-images|images|chromium|status) steps+=("$arg") ;;
+        python|services|postgres|redis|docker|base-image|demo-images|images|chromium|bench-tools|status) steps+=("$arg") ;;
         -h|--help|help) usage; exit 0 ;;
         *) usage >&2; die "unknown step: $arg" ;;
     esac

@@ -1,0 +1,457 @@
+"""Gateway overhead: wrk against a model container straight, through nginx, and through our gateway.
+
+In one run it
+  * sets up a Running 1-instance service of the demo image (a throw-away user,
+    token and AI application, deployed inline through services.actions; no
+    Celery worker needed), on the database of console.settings;
+  * starts nginx (Debian's package) as a plain reverse proxy with upstream
+    keep-alive, on a free 127.0.0.1 port, with its own temporary prefix;
+  * starts our gateway (`python -m gateway`, one process per core) on a free
+    port, unless --gateway-url names one already running on the same database;
+  * runs wrk with the same POST body (a Lua script) at 32 connections (2
+    threads) and at 1 connection against each path: the container's /predict,
+    nginx's /predict and the gateway's /v1/infers/<service_id>;
+  * prints requests/s and p50/p99 latency of each, the gateway's throughput as
+    a ratio of nginx's at 32 connections and the p50 it adds over the direct
+    path at 1 connection, against the targets (>= 0.25; <= 0.7 ms);
+  * stops nginx and the gateway it started and deletes the service, its
+    container and everything else it created.
+
+Needs PostgreSQL, Docker and the demo image (scripts/bootstrap.sh services docker images);
+installs wrk and nginx with `scripts/bootstrap.sh bench-tools` when they are missing.
+With another DATABASE_NAME than the console's, set CONSOLE_ID too, or a running
+console's reconcile loop takes the benchmark's container for an orphan.
+
+    .venv/bin/python bench/gateway.py [--duration 10] [--gateway-url http://127.0.0.1:8001] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+
+IMAGE = "rts-demo-model:1.0.0"
+BODY = '{"data": [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3]]}'
+TARGET_RATIO_32 = 0.25
+TARGET_ADDED_P50_MS = 0.7
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = %(body)s
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Auth-Token"] = %(token)s
+
+done = function(summary, latency, requests)
+  local errors = summary.errors
+  io.write(string.format(
+    "WRK-RESULT {\\"requests\\": %%d, \\"duration_us\\": %%d, \\"p50_us\\": %%d, \\"p99_us\\": %%d, " ..
+    "\\"connect\\": %%d, \\"read\\": %%d, \\"write\\": %%d, \\"status\\": %%d, \\"timeout\\": %%d}\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    errors.connect, errors.read, errors.write, errors.status, errors.timeout))
+end
+"""
+
+NGINX_CONF = """
+worker_processes %(workers)d;
+pid %(prefix)s/nginx.pid;
+error_log %(prefix)s/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path %(prefix)s/client_body;
+    proxy_temp_path %(prefix)s/proxy;
+    fastcgi_temp_path %(prefix)s/fastcgi;
+    uwsgi_temp_path %(prefix)s/uwsgi;
+    scgi_temp_path %(prefix)s/scgi;
+    upstream model {
+        server 127.0.0.1:%(upstream_port)d;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:%(port)d;
+        location / {
+            proxy_pass http://model;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+"""
+
+
+def say(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def die(message: str) -> None:
+    print(f"bench/gateway.py: error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(what: str, check, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            die(f"{what} within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def http_status(port: int, path: str, method: str = "GET", body: str | None = None, headers=None) -> int | None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+
+
+# --- tools ---------------------------------------------------------------------------
+
+
+def ensure_tools() -> tuple[str, str]:
+    if shutil.which("wrk") is None or find_nginx() is None:
+        say("installing wrk and nginx (scripts/bootstrap.sh bench-tools)")
+        if subprocess.run([str(ROOT / "scripts" / "bootstrap.sh"), "bench-tools"]).returncode != 0:
+            die("could not install wrk and nginx; on Debian: sudo apt-get install -y wrk nginx")
+    wrk, nginx = shutil.which("wrk"), find_nginx()
+    if wrk is None or nginx is None:
+        die("wrk or nginx is still missing; on Debian: sudo apt-get install -y wrk nginx")
+    return wrk, nginx
+
+
+def find_nginx() -> str | None:
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+
+
+# --- the service under test -------------------------------------------------------------
+
+
+@dataclass
+class Fixture:
+    service_id: str
+    container_port: int
+    token: str
+
+
+class ServiceFixture:
+    """A throw-away user, token, AI application and 1-instance Running service."""
+
+    def __init__(self) -> None:
+        import django
+
+        django.setup()
+        self.created: list = []
+
+    def migrate_if_needed(self) -> None:
+        from django.core.management import call_command
+        from django.db import connection
+        from django.db.migrations.executor import MigrationExecutor
+
+        try:
+            executor = MigrationExecutor(connection)
+        except Exception as exc:  # noqa: BLE001 - any connection error reads the same here
+            die(f"cannot reach the database ({exc}); run scripts/bootstrap.sh services")
+        if executor.migration_plan(executor.loader.graph.leaf_nodes()):
+            say("migrating the database")
+            call_command("migrate", interactive=False, verbosity=0)
+
+    def set_up(self) -> Fixture:
+        from django.conf import settings
+        from django.contrib.auth import get_user_model
+
+        from access.actions import access_token_create
+        from pools.models import Flavor, Node, ResourcePool
+        from services import actions, runtime
+        from services.models import AIApplication, AIApplicationVersion, Instance, VersionStatus
+        from services.reconcile import nodes_refresh
+        from services.validation import DeployRequest, VersionConfigRequest
+
+        self.migrate_if_needed()
+        try:
+            if not runtime.image_exists(settings.DOCKER_HOST, IMAGE):
+                die(f"image {IMAGE} is missing; run scripts/bootstrap.sh images")
+        except runtime.EngineError as exc:
+            die(f"{exc}; run scripts/bootstrap.sh docker")
+        # Deploy inline: nothing is queued for a worker that may not be running.
+        actions._enqueue = lambda task_name, *args: None
+
+        suffix = uuid.uuid4().hex[:8]
+        user = get_user_model().objects.create_user(username=f"bench-{suffix}", password=uuid.uuid4().hex)
+        self.created.append(user)
+        # Reuse the engine's node when the console knows it: a second Node on the
+        # same engine would make the reconcile loop take its containers for orphans.
+        node = Node.objects.filter(docker_host=settings.DOCKER_HOST, is_enabled=True).select_related("pool").first()
+        if node is None:
+            pool = ResourcePool.objects.create(name=f"bench-{suffix}", is_public=False, owner=user)
+            node = Node.objects.create(pool=pool, name=f"bench-{suffix}", docker_host=settings.DOCKER_HOST)
+            self.created[:0] = [pool, node]
+        nodes_refresh()
+        flavor = Flavor.objects.filter(gpus=0, cpus__gte=1, memory_mib__gte=256).order_by("cpus", "memory_mib").first()
+        if flavor is None:
+            flavor = Flavor.objects.create(code=f"bench.{suffix}", display_name="bench", cpus=1, memory_mib=512)
+            self.created.insert(0, flavor)
+        application = AIApplication.objects.create(owner=user, name=f"bench-{suffix}")
+        version = AIApplicationVersion.objects.create(
+            application=application, version="1.0.0", image=IMAGE, status=VersionStatus.NORMAL
+        )
+        request = DeployRequest(
+            name=f"bench-{suffix}",
+            description="bench/gateway.py",
+            pool=node.pool,
+            timeout_minutes=3,
+            is_websocket=False,
+            configs=[VersionConfigRequest(app_version=version, flavor=flavor, instance_count=1, weight=100, envs={})],
+        )
+        service = actions.service_create(owner=user, request=request)
+        self.service_id = service.id
+        say(f"deploying service {service.id} (1 instance of {IMAGE}, {flavor.code})")
+        outcome = actions.service_deploy_run(service_id=service.id)
+        if outcome != "running":
+            service.refresh_from_db()
+            die(f"the deploy ended {outcome}: {service.status_reason}")
+        instance = Instance.objects.get(service_id=service.id)
+        token = access_token_create(owner=user, name="bench", days=1).secret
+        return Fixture(str(service.id), instance.host_port, token)
+
+    def tear_down(self) -> None:
+        from services import actions
+        from services.models import Service
+
+        service_id = getattr(self, "service_id", None)
+        if service_id is not None and Service.objects.filter(id=service_id).exists():
+            service = Service.objects.get(id=service_id)
+            try:
+                actions.service_delete(service=service)
+            except actions.ActionRefused:
+                pass
+            actions.service_delete_run(service_id=service_id)
+        self._delete_created()
+
+    def _delete_created(self) -> None:
+        from django.contrib.auth import get_user_model
+
+        from pools.models import Flavor, Node, ResourcePool
+        from services.models import AIApplication
+
+        # In the order the PROTECT foreign keys allow; the user last, with its
+        # applications and tokens.
+        user_model = get_user_model()
+        for obj in self.created:
+            if isinstance(obj, user_model):
+                AIApplication.objects.filter(owner=obj).delete()
+        for model in (Node, ResourcePool, Flavor, user_model):
+            for obj in self.created:
+                if isinstance(obj, model):
+                    model.objects.filter(pk=obj.pk).delete()
+
+
+# --- nginx and the gateway ------------------------------------------------------------------
+
+
+def start_nginx(stack: ExitStack, nginx: str, upstream_port: int) -> int:
+    prefix = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-nginx-")))
+    prefix.chmod(0o755)
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        NGINX_CONF % {"workers": os.cpu_count() or 1, "prefix": prefix, "upstream_port": upstream_port, "port": port}
+    )
+    process = subprocess.Popen(
+        [nginx, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    stack.callback(stop_process, process, "nginx")
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            die(f"nginx exited with code {process.returncode}: {(prefix / 'error.log').read_text()[-500:]}")
+        return http_status(port, "/health") == 200
+
+    wait_until("nginx did not answer", answers, 10)
+    say(f"nginx {nginx_version(nginx)} proxying 127.0.0.1:{port} -> 127.0.0.1:{upstream_port} (keepalive 64)")
+    return port
+
+
+def nginx_version(nginx: str) -> str:
+    out = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr
+    match = re.search(r"nginx/(\S+)", out)
+    return match.group(1) if match else "?"
+
+
+def start_gateway(stack: ExitStack, processes: int) -> int:
+    port = free_port()
+    log = stack.enter_context(tempfile.NamedTemporaryFile(prefix="bench-gateway-", suffix=".log"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port), "--processes", str(processes)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    stack.callback(stop_process, process, "gateway")
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            die(f"the gateway exited with code {process.returncode}: {Path(log.name).read_text()[-800:]}")
+        return http_status(port, "/healthz") == 200
+
+    wait_until("the gateway did not answer /healthz", answers, 20)
+    say(f"gateway on 127.0.0.1:{port} ({processes} processes)")
+    return port
+
+
+def stop_process(process: subprocess.Popen, name: str) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    say(f"stopped {name}")
+
+
+# --- wrk -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    path: str
+    connections: int
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def run_wrk(wrk: str, script: Path, url: str, connections: int, duration: float) -> dict:
+    threads = min(2, connections)
+    command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "5s", "-s", str(script), url]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
+    match = re.search(r"WRK-RESULT (\{.*\})", out.stdout)
+    if out.returncode != 0 or match is None:
+        die(f"wrk failed ({out.returncode}): {out.stdout[-500:]} {out.stderr[-500:]}")
+    return json.loads(match.group(1))
+
+
+def measure(wrk: str, script: Path, path: str, url: str, connections: int, duration: float) -> Result:
+    raw = run_wrk(wrk, script, url, connections, duration)
+    errors = raw["connect"] + raw["read"] + raw["write"] + raw["status"] + raw["timeout"]
+    result = Result(
+        path=path,
+        connections=connections,
+        requests_per_second=raw["requests"] / (raw["duration_us"] / 1e6),
+        p50_ms=raw["p50_us"] / 1000,
+        p99_ms=raw["p99_us"] / 1000,
+        errors=errors,
+    )
+    print(
+        f"    {path:<8} {connections:>3} conn  {result.requests_per_second:>9.0f} req/s"
+        f"  p50 {result.p50_ms:>7.3f} ms  p99 {result.p99_ms:>7.3f} ms  errors {errors}",
+        flush=True,
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10, help="seconds per measurement (default 10)")
+    parser.add_argument("--warmup", type=float, default=2, help="seconds of warm-up per path (default 2)")
+    parser.add_argument("--gateway-url", help="use this running gateway (same database) instead of starting one")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="gateway processes (default: cores)")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args()
+
+    wrk, nginx = ensure_tools()
+    fixture_maker = ServiceFixture()
+    with ExitStack() as stack:
+        stack.callback(say, "cleaned up")
+        stack.callback(fixture_maker.tear_down)
+        fixture = fixture_maker.set_up()
+        nginx_port = start_nginx(stack, nginx, fixture.container_port)
+        if args.gateway_url:
+            gateway_base = args.gateway_url.rstrip("/")
+            say(f"using the running gateway at {gateway_base}")
+        else:
+            gateway_base = f"http://127.0.0.1:{start_gateway(stack, args.processes)}"
+        gateway_port = int(gateway_base.rsplit(":", 1)[1])
+        gateway_path = f"/v1/infers/{fixture.service_id}"
+        headers = {"Content-Type": "application/json", "X-Auth-Token": fixture.token}
+        wait_until(
+            "the gateway did not route to the new service",
+            lambda: http_status(gateway_port, gateway_path, "POST", BODY, headers) == 200,
+            10,
+        )
+
+        script = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-wrk-"))) / "post.lua"
+        script.write_text(WRK_SCRIPT % {"body": json.dumps(BODY), "token": json.dumps(fixture.token)})
+        targets = [
+            ("direct", f"http://127.0.0.1:{fixture.container_port}/predict"),
+            ("nginx", f"http://127.0.0.1:{nginx_port}/predict"),
+            ("gateway", f"{gateway_base}{gateway_path}"),
+        ]
+        say(f"wrk: POST {len(BODY)}-byte JSON, {args.duration:g} s per run, {os.cpu_count()} cores")
+        results: list[Result] = []
+        for connections in (32, 1):
+            for name, url in targets:
+                if args.warmup:
+                    run_wrk(wrk, script, url, connections, args.warmup)
+                results.append(measure(wrk, script, name, url, connections, args.duration))
+
+    by = {(r.path, r.connections): r for r in results}
+    ratio = by[("gateway", 32)].requests_per_second / by[("nginx", 32)].requests_per_second
+    added = by[("gateway", 1)].p50_ms - by[("direct", 1)].p50_ms
+    ratio_ok = ratio >= TARGET_RATIO_32
+    added_ok = added <= TARGET_ADDED_P50_MS
+    print()
+    print(f"{'path':<8} {'conn':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for r in results:
+        row = f"{r.path:<8} {r.connections:>4} {r.requests_per_second:>9.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f}"
+        print(f"{row} {r.errors:>6}")
+    print()
+    verdict = {True: "met", False: "MISSED"}
+    print(f"gateway / nginx throughput at 32 connections: {ratio:.2f}", end="  ")
+    print(f"(target >= {TARGET_RATIO_32}: {verdict[ratio_ok]})")
+    print(f"gateway p50 added over direct at 1 connection: {added:.3f} ms", end="  ")
+    print(f"(target <= {TARGET_ADDED_P50_MS} ms: {verdict[added_ok]})")
+    if args.json:
+        args.json.write_text(
+            json.dumps({"results": [r.__dict__ for r in results], "ratio_32": ratio, "added_p50_ms_1": added}, indent=2)
+        )
+    if any(r.errors for r in results):
+        print("warning: some calls failed (see the errors column)")
+    if args.check and not (ratio_ok and added_ok):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
