@@ -44,7 +44,8 @@ lint: ## syntax checks: shell scripts, Python byte-compile, Django system checks
 	bash -n .ci/run
 	@if command -v shellcheck >/dev/null; then shellcheck -S warning scripts/bootstrap.sh .ci/run; fi
 	$(PY) -m compileall -q console services pools tests examples
-	@if [ -x .venv/bin/ruff ]; then .venv/bin/ruff check .; fi
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	$(PY) manage.py check
 
 clean: ## remove .run and every container labelled rts.console (the console's model instances)

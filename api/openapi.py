@@ -285,8 +285,7 @@ def _responses() -> dict[str, Any]:
     return {
         "ValidationFailed": _json(
             error,
-            "RTS.4000: the request breaks a rule; `errors` names each field. "
-            "RTS.4001: the body is not a JSON object.",
+            "RTS.4000: the request breaks a rule; `errors` names each field. RTS.4001: the body is not a JSON object.",
         ),
         "Unauthorized": _json(error, "RTS.4010: no token; RTS.4011: the token is invalid, expired or revoked."),
         "NotFound": _json(error, "RTS.4040: no such object, or it belongs to another user."),

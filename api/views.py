@@ -158,7 +158,7 @@ def service(request: HttpRequest, service_id: str, *, user) -> HttpResponse:
         raise ApiError(
             400,
             VALIDATION_FAILED,
-            "The request is invalid. status: must be \"stopped\" or \"running\".",
+            'The request is invalid. status: must be "stopped" or "running".',
             {"status": ['Status must be "stopped" (to stop the service) or "running" (to start it).']},
         )
     try:

@@ -40,9 +40,7 @@ class Node(models.Model):
 
     pool = models.ForeignKey(ResourcePool, on_delete=models.PROTECT, related_name="nodes")
     name = models.SlugField(max_length=64, unique=True)
-    docker_host = models.CharField(
-        max_length=200, help_text="Docker API address, e.g. unix:///var/run/docker.sock"
-    )
+    docker_host = models.CharField(max_length=200, help_text="Docker API address, e.g. unix:///var/run/docker.sock")
     is_enabled = models.BooleanField(default=True)
     gpu_count = models.PositiveIntegerField(default=0, help_text="GPUs the operator made available on this engine.")
     cpu_count = models.PositiveIntegerField(default=0, editable=False)

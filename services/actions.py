@@ -95,9 +95,7 @@ def ai_application_version_check_image(*, version_id: int) -> str | None:
     for node in nodes:
         try:
             if runtime.image_exists(node.docker_host, version.image):
-                AIApplicationVersion.objects.filter(id=version_id).update(
-                    status=VersionStatus.NORMAL, status_reason=""
-                )
+                AIApplicationVersion.objects.filter(id=version_id).update(status=VersionStatus.NORMAL, status_reason="")
                 return VersionStatus.NORMAL
         except runtime.EngineError as exc:
             errors.append(str(exc))

@@ -266,4 +266,3 @@ def _recheck_versions(now) -> None:
     ).values_list("id", flat=True)[:20]
     for version_id in stuck:
         ai_application_version_check_image(version_id=version_id)
-

@@ -69,7 +69,9 @@ def ai_application_get_for(user, application_id) -> AIApplication:
 
 
 def ai_version_get_for(user, version_id) -> AIApplicationVersion:
-    return get_object_or_404(AIApplicationVersion.objects.select_related("application"), application__owner=user, id=version_id)
+    return get_object_or_404(
+        AIApplicationVersion.objects.select_related("application"), application__owner=user, id=version_id
+    )
 
 
 def deployable_versions_for(user) -> QuerySet[AIApplicationVersion]:
@@ -140,9 +142,7 @@ def service_call_summary(service: Service) -> ServiceCallSummary:
     Queries: the configurations with version and application; calls and failed
     per configuration; the merged histogram per configuration.
     """
-    configs = list(
-        ServiceVersionConfig.objects.filter(service=service).select_related("app_version__application")
-    )
+    configs = list(ServiceVersionConfig.objects.filter(service=service).select_related("app_version__application"))
     counts = {
         row["config_id"]: row
         for row in ServiceCallStat.objects.filter(service=service)

@@ -253,7 +253,7 @@ def parse_deploy_request(*, owner, data: Mapping[str, Any]) -> DeployRequest:
         if len(configs) > 1 and any(config.flavor.is_free for config in configs):
             errors.add("configs", "Free specifications do not support a gray launch of several versions.")
         if is_websocket:
-            for n, config in enumerate(configs):
+            for config in configs:
                 version = config.app_version
                 if not version.is_websocket or version.source != version.Source.CONTAINER_IMAGE:
                     errors.add(
@@ -330,7 +330,10 @@ def parse_version_request(*, owner, data: Mapping[str, Any]) -> VersionRequest:
     container_port = _as_int(data.get("container_port"), errors, "container_port", "Container port", 1, 65535, 8080)
     health_path = str(data.get("health_path") or "/health").strip()
     predict_path = str(data.get("predict_path") or "/predict").strip()
-    for key, label, value in (("health_path", "Health-check path", health_path), ("predict_path", "Predict path", predict_path)):
+    for key, label, value in (
+        ("health_path", "Health-check path", health_path),
+        ("predict_path", "Predict path", predict_path),
+    ):
         if len(value) > 200 or not PATH_RE.match(value):
             errors.add(key, f"{label} must start with '/' and be a URL path of at most 200 characters.")
 

@@ -282,8 +282,12 @@ def application_register(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"Registered {version}; checking its image on the engines.")
             return redirect("services:applications")
     else:
-        data = {"application_name": request.GET.get("application", ""), "container_port": 8080,
-                "health_path": "/health", "predict_path": "/predict"}
+        data = {
+            "application_name": request.GET.get("application", ""),
+            "container_port": 8080,
+            "health_path": "/health",
+            "predict_path": "/predict",
+        }
     context = {"data": data, "errors": errors}
     return render(request, "services/application_register.html", context, status=400 if errors else 200)
 

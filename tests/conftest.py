@@ -12,7 +12,7 @@ from django.conf import settings
 
 from pools.models import Flavor, Node, ResourcePool
 from services import runtime
-from services.models import AIApplication, AIApplicationVersion, Service, ServiceStatus, VersionStatus
+from services.models import AIApplication, AIApplicationVersion, Service, VersionStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_IMAGE_V1 = "rts-demo-model:1.0.0"
@@ -75,16 +75,33 @@ def pool(db):
 @pytest.fixture
 def flavors(db):
     return {
-        "free": Flavor.objects.create(code="cpu.1u1g.free", display_name="CPU: 1 vCPU | 1 GiB (free)", cpus=1, memory_mib=1024, is_free=True, sort_order=0),
-        "small": Flavor.objects.create(code="cpu.1u512m", display_name="CPU: 1 vCPU | 512 MiB", cpus=1, memory_mib=512, sort_order=1),
-        "big": Flavor.objects.create(code="cpu.64u8g", display_name="CPU: 64 vCPUs | 8 GiB", cpus=64, memory_mib=8192, sort_order=2),
-        "gpu": Flavor.objects.create(code="gpu.1p", display_name="GPU: 1 x GPU", cpus=1, memory_mib=1024, gpus=1, sort_order=3),
+        "free": Flavor.objects.create(
+            code="cpu.1u1g.free",
+            display_name="CPU: 1 vCPU | 1 GiB (free)",
+            cpus=1,
+            memory_mib=1024,
+            is_free=True,
+            sort_order=0,
+        ),
+        "small": Flavor.objects.create(
+            code="cpu.1u512m", display_name="CPU: 1 vCPU | 512 MiB", cpus=1, memory_mib=512, sort_order=1
+        ),
+        "big": Flavor.objects.create(
+            code="cpu.64u8g", display_name="CPU: 64 vCPUs | 8 GiB", cpus=64, memory_mib=8192, sort_order=2
+        ),
+        "gpu": Flavor.objects.create(
+            code="gpu.1p", display_name="GPU: 1 x GPU", cpus=1, memory_mib=1024, gpus=1, sort_order=3
+        ),
     }
 
 
-def make_version(owner, version="1.0.0", image=DEMO_IMAGE_V1, status=VersionStatus.NORMAL, **fields) -> AIApplicationVersion:
+def make_version(
+    owner, version="1.0.0", image=DEMO_IMAGE_V1, status=VersionStatus.NORMAL, **fields
+) -> AIApplicationVersion:
     application, _ = AIApplication.objects.get_or_create(owner=owner, name=fields.pop("application_name", "demo-model"))
-    return AIApplicationVersion.objects.create(application=application, version=version, image=image, status=status, **fields)
+    return AIApplicationVersion.objects.create(
+        application=application, version=version, image=image, status=status, **fields
+    )
 
 
 @pytest.fixture
@@ -119,36 +136,6 @@ def wait_for_status(service_id, statuses, timeout: float = 30.0) -> Service:
         if time.monotonic() > deadline:
             raise AssertionError(f"service is {service and service.status}, wanted {statuses} within {timeout}s")
         time.sleep(0.1)
-
-
-@pytest.fixture
-def celery_stack(transactional_db, engine):
-    """A real Celery worker (both queues) and beat in subprocesses, on the test database."""
-    env = dict(
-        os.environ,
-        DJANGO_SETTINGS_MODULE="console.settings_test",
-        DATABASE_NAME=settings.DATABASES["default"]["NAME"],
-        SERVICE_TIMEOUT_SCALE=os.environ.get("STACK_TIMEOUT_SCALE", "0.05"),
-        DATABASE_CONN_MAX_AGE="0",
-    )
-    celery = [sys.executable, "-m", "celery", "-A", "console"]
-    log_dir = ROOT / "test-artifacts"
-    log_dir.mkdir(exist_ok=True)
-    processes = []
-    for name, args in (
-        ("worker", ["worker", "-Q", "lifecycle,reconcile", "-c", "4", "-n", "test@%h", "--loglevel", "INFO"]),
-        ("beat", ["beat", "--loglevel", "INFO", "-s", str(log_dir / "beat-schedule")]),
-    ):
-        log = open(log_dir / f"celery-{name}.log", "ab")
-        processes.append(subprocess.Popen(celery + args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
-    yield processes
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 # --- Shared Celery stack -------------------------------------------------------
@@ -194,6 +181,14 @@ def stop_celery_processes(processes: list[subprocess.Popen]) -> None:
 def celery_processes(django_db_setup, tmp_path_factory):
     """A Celery worker and beat on the test database for every test of one class."""
     processes = start_celery_processes(tmp_path_factory.mktemp("beat") / "beat-schedule")
+    yield processes
+    stop_celery_processes(processes)
+
+
+@pytest.fixture
+def celery_stack(transactional_db, engine, tmp_path):
+    """A real Celery worker (both queues) and beat in subprocesses, on the test database."""
+    processes = start_celery_processes(tmp_path / "beat-schedule")
     yield processes
     stop_celery_processes(processes)
 

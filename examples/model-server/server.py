@@ -197,10 +197,16 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 methods, func = route
                 if self.command not in methods and not (self.command == "HEAD" and "GET" in methods):
-                    self.send_json(405, {"error": f"method {self.command} not allowed",
-                                         "status": 405, "version": VERSION,
-                                         "allowed": sorted(methods)},
-                                   headers={"Allow": ", ".join(sorted(methods))})
+                    self.send_json(
+                        405,
+                        {
+                            "error": f"method {self.command} not allowed",
+                            "status": 405,
+                            "version": VERSION,
+                            "allowed": sorted(methods),
+                        },
+                        headers={"Allow": ", ".join(sorted(methods))},
+                    )
                 else:
                     func(self, url, body)
         except BodyError as exc:
@@ -219,8 +225,10 @@ class Handler(BaseHTTPRequestHandler):
         # would bury the lines that matter; failing ones are still logged.
         if self.path.split("?", 1)[0] == "/health" and 200 <= self._status < 300:
             return
-        log(f'{self.client_address[0]} "{self.command} {self.path} {self.request_version}" '
-            f"{self._status} {self._sent} {elapsed_ms:.1f}ms")
+        log(
+            f'{self.client_address[0]} "{self.command} {self.path} {self.request_version}" '
+            f"{self._status} {self._sent} {elapsed_ms:.1f}ms"
+        )
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
 
@@ -238,11 +246,14 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- endpoints -------------------------------------------------------
     def ep_index(self, url, body):
-        self.send_json(200, {
-            "model": MODEL_NAME,
-            "version": VERSION,
-            "endpoints": ["/health", "/predict", "/sleep", "/fail", "/large", "/echo"],
-        })
+        self.send_json(
+            200,
+            {
+                "model": MODEL_NAME,
+                "version": VERSION,
+                "endpoints": ["/health", "/predict", "/sleep", "/fail", "/large", "/echo"],
+            },
+        )
 
     def ep_health(self, url, body):
         ok = 200 <= HEALTH_STATUS < 300
@@ -258,13 +269,16 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error_json(400, f"invalid JSON: {exc}")
             return
         result = predict(payload)
-        self.send_json(200, {
-            "model": MODEL_NAME,
-            "version": VERSION,
-            "prediction": result["prediction"],
-            "numbers": result["numbers"],
-            "input": payload,
-        })
+        self.send_json(
+            200,
+            {
+                "model": MODEL_NAME,
+                "version": VERSION,
+                "prediction": result["prediction"],
+                "numbers": result["numbers"],
+                "input": payload,
+            },
+        )
 
     def ep_sleep(self, url, body):
         seconds = self.query_number("seconds", 1.0)
@@ -293,7 +307,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self._status = 200
         if self.command != "HEAD":
-            block = (b"0123456789abcdef" * (CHUNK // 16))
+            block = b"0123456789abcdef" * (CHUNK // 16)
             remaining = size
             while remaining > 0:
                 piece = block[: min(CHUNK, remaining)]
@@ -306,16 +320,19 @@ class Handler(BaseHTTPRequestHandler):
         for key, value in self.headers.items():
             key = key.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        self.send_json(200, {
-            "version": VERSION,
-            "method": self.command,
-            "path": url.path,
-            "query_string": url.query,
-            "query": self._query,
-            "headers": headers,
-            "body_length": len(body),
-            "body_sha256": hashlib.sha256(body).hexdigest(),
-        })
+        self.send_json(
+            200,
+            {
+                "version": VERSION,
+                "method": self.command,
+                "path": url.path,
+                "query_string": url.query,
+                "query": self._query,
+                "headers": headers,
+                "body_length": len(body),
+                "body_sha256": hashlib.sha256(body).hexdigest(),
+            },
+        )
 
 
 ALL = {"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
@@ -360,6 +377,7 @@ def main() -> None:
 
     exit_after = env_number("EXIT_AFTER_SECONDS", 0)
     if exit_after > 0:
+
         def die():
             log(f"model server {VERSION} exiting with code 3 after {exit_after:g}s (EXIT_AFTER_SECONDS)")
             os._exit(3)

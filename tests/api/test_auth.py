@@ -110,9 +110,7 @@ def test_an_authorization_header_of_another_scheme_is_no_token(owner, client):
 def test_a_console_session_does_not_authenticate_the_api(owner_client):
     # The API is CSRF-exempt, so it must never act on the session cookie alone.
     assert_error(owner_client.get(f"{API}/services"), 401, "RTS.4010")
-    assert_error(
-        owner_client.post(f"{API}/services", "{}", content_type="application/json"), 401, "RTS.4010"
-    )
+    assert_error(owner_client.post(f"{API}/services", "{}", content_type="application/json"), 401, "RTS.4010")
 
 
 # --- POST /auth/tokens ---------------------------------------------------------------------

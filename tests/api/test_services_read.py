@@ -49,9 +49,7 @@ def running(owner, pool, flavors, version):
     return service
 
 
-def test_list_services_shows_only_the_owners_services_newest_first(
-    api, owner, other_user, pool, flavors, version
-):
+def test_list_services_shows_only_the_owners_services_newest_first(api, owner, other_user, pool, flavors, version):
     first = make_service(owner, pool, version, flavors["small"], name="first")
     second = make_service(owner, pool, version, flavors["small"], name="second")
     make_service(other_user, pool, make_version(other_user), flavors["small"], name="theirs")

@@ -26,9 +26,7 @@ def status_of(service: Service) -> str:
 
 
 @pytest.mark.parametrize("status", [ServiceStatus.RUNNING, ServiceStatus.ALARM, ServiceStatus.ABNORMAL])
-def test_put_stopped_stops_a_serving_service_and_queues_the_stop(
-    api, make, status, django_capture_on_commit_callbacks
-):
+def test_put_stopped_stops_a_serving_service_and_queues_the_stop(api, make, status, django_capture_on_commit_callbacks):
     service = make(status)
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -124,9 +122,7 @@ def test_delete_a_service_already_deleting_is_409(api, make):
     assert response.json()["error_msg"] == "Cannot delete svc-one while it is Deleting."
 
 
-@pytest.mark.parametrize(
-    ("method", "body"), [("get", None), ("put", {"status": "stopped"}), ("delete", None)]
-)
+@pytest.mark.parametrize(("method", "body"), [("get", None), ("put", {"status": "stopped"}), ("delete", None)])
 def test_another_users_service_is_404_and_untouched(other_api, make, method, body):
     service = make(ServiceStatus.RUNNING)
 

@@ -342,9 +342,7 @@ def test_deploy_rejects_another_users_version(owner_client, form, other_user):
     assert_refused(response, "app_version", f"AI application version {theirs.id} does not exist.", before)
 
 
-@pytest.mark.parametrize(
-    ("status", "label"), [(VersionStatus.CHECKING, "Checking"), (VersionStatus.FAILED, "Failed")]
-)
+@pytest.mark.parametrize(("status", "label"), [(VersionStatus.CHECKING, "Checking"), (VersionStatus.FAILED, "Failed")])
 def test_deploy_rejects_a_version_that_is_not_normal(owner_client, form, owner, status, label):
     version = make_version(owner, version="2.0.0", status=status)
     before = stored()

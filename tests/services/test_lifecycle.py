@@ -195,7 +195,11 @@ def test_deploy_to_an_engine_that_stopped_answering_fails_saying_so(engine, owne
     # node picked; the engine is gone by the time the deploy runs.
     pool = ResourcePool.objects.create(name="public-cpu", is_public=True)
     Node.objects.create(
-        pool=pool, name="gone", docker_host="unix:///tmp/nonexistent.sock", cpu_count=2, memory_mib=4096,
+        pool=pool,
+        name="gone",
+        docker_host="unix:///tmp/nonexistent.sock",
+        cpu_count=2,
+        memory_mib=4096,
         is_reachable=True,
     )
     version = make_version(owner)

@@ -115,7 +115,11 @@ def test_reconcile_lists_each_engine_once_and_never_inspects_containers(
     engine, docker_client, owner, pool, flavors, monkeypatch
 ):
     down = Node.objects.create(
-        pool=pool, name="down", docker_host="unix:///tmp/nonexistent.sock", cpu_count=2, memory_mib=4096,
+        pool=pool,
+        name="down",
+        docker_host="unix:///tmp/nonexistent.sock",
+        cpu_count=2,
+        memory_mib=4096,
         is_reachable=False,
     )
     version = make_version(owner)
@@ -157,7 +161,11 @@ def test_reconcile_marks_an_unreachable_engine_and_keeps_going(engine, owner, po
     service = deployed_service(owner, make_version(owner))
     # A second engine, reachable when last checked, that has stopped answering since.
     Node.objects.create(
-        pool=pool, name="down", docker_host="unix:///tmp/nonexistent.sock", cpu_count=2, memory_mib=4096,
+        pool=pool,
+        name="down",
+        docker_host="unix:///tmp/nonexistent.sock",
+        cpu_count=2,
+        memory_mib=4096,
         is_reachable=True,
     )
 
@@ -194,7 +202,7 @@ def test_reconcile_survives_a_service_deleted_during_its_cycle(
 
     # The other service was still repaired and its status kept true.
     assert report.status_changes == {"kept": ServiceStatus.ABNORMAL}
-    assert "Instance {} had exited; restarted it".format(kept.instances.get().container_name) in events_of(kept.id)
+    assert f"Instance {kept.instances.get().container_name} had exited; restarted it" in events_of(kept.id)
     assert not ServiceEvent.objects.filter(service_id=gone.id).exists()
     # The container the cycle brought back for the deleted service goes on the next one.
     assert len(containers_of(docker_client, gone.id)) == 1
@@ -254,7 +262,7 @@ class TestReconcileLoop:
         assert docker_client.containers.get(victim.container_name).id == victim.container_id
         messages = events_of(service.id)
         restarted = f"Instance {victim.container_name} had exited; restarted it"
-        assert restarted in messages, '\n'.join(messages)
+        assert restarted in messages, "\n".join(messages)
         # Which comes first depends on whether a cycle saw the container dying or already dead.
         alarm = "Alarm: 1/2 instance(s) healthy"
         assert max(messages.index(restarted), messages.index(alarm)) < len(messages) - 1

@@ -48,7 +48,9 @@ class Command(BaseCommand):
                 owner=admin, name="demo-model", defaults={"description": "Demo model server from examples/"}
             )
             versions = [
-                AIApplicationVersion.objects.get_or_create(application=application, version=version, defaults={"image": image})[0]
+                AIApplicationVersion.objects.get_or_create(
+                    application=application, version=version, defaults={"image": image}
+                )[0]
                 for version, image in DEMO_VERSIONS
             ]
         nodes_refresh()
