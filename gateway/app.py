@@ -24,7 +24,7 @@ except ImportError:  # optional: the gateway works on asyncio's own loop
 from console import settings
 from gateway import store
 from gateway import upstream as upstream_client
-from gateway.routing import SERVING_STATUSES, AuthResult, RoutingTable, authorize
+from gateway.routing import SERVING_STATUSES, AuthResult, RoutingTable, authorize, secret_hash
 from gateway.stats import CallStats
 
 log = logging.getLogger("gateway")
@@ -115,6 +115,10 @@ async def infer(request: web.Request) -> web.StreamResponse:
         return error(401, "RTS.4011", "The credentials are invalid, expired or revoked.")
     if result == AuthResult.NOT_FOUND:
         return error(404, "RTS.4040", f"Service {service_id} does not exist.")
+    if token is not None:
+        token_hash = secret_hash(token)
+        if token_hash in table.tokens:
+            app[STATS].token_used(token_hash)
     if service.status not in SERVING_STATUSES:
         label = STATUS_LABELS.get(service.status, service.status)
         return error(503, "RTS.5031", f"Service {service_id} is {label}, not Running.")
@@ -264,7 +268,8 @@ async def _flush_loop(app: web.Application) -> None:
 async def _flush_once(app: web.Application, conn_holder: dict) -> None:
     stats: CallStats = app[STATS]
     batch = stats.take()
-    if not batch:
+    used_tokens = stats.take_used_tokens()
+    if not batch and not used_tokens:
         return
     now = dt.datetime.now(dt.UTC)
     bucket_start = now.replace(second=0, microsecond=0)
@@ -272,6 +277,7 @@ async def _flush_once(app: web.Application, conn_holder: dict) -> None:
         if conn_holder["conn"] is None or conn_holder["conn"].closed:
             conn_holder["conn"] = await store.connect(conninfo())
         await store.flush_stats(conn_holder["conn"], batch, bucket_start)
+        await store.touch_tokens(conn_holder["conn"], used_tokens, now)
     except (psycopg.Error, OSError) as exc:
         log.warning("statistics flush failed, keeping the counts for the next one: %s", exc)
         stats.put_back(batch)

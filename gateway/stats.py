@@ -16,6 +16,14 @@ LATENCY_BUCKET_COUNT = len(LATENCY_BUCKETS_MS) + 1
 class CallStats:
     def __init__(self) -> None:
         self._batch: dict[tuple[str, int], list] = {}
+        self._used_tokens: set[str] = set()
+
+    def token_used(self, token_hash: str) -> None:
+        self._used_tokens.add(token_hash)
+
+    def take_used_tokens(self) -> set[str]:
+        used, self._used_tokens = self._used_tokens, set()
+        return used
 
     def record(self, service_id: str, config_id: int, latency_ms: float, is_failed: bool) -> None:
         entry = self._batch.get((service_id, config_id))

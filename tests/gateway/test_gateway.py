@@ -529,3 +529,12 @@ def test_statistics_reach_the_database_within_two_seconds(gateway_url, deployed)
     assert {stat.config_id for stat in stats} == {deployed.service.configs.get().id}
     assert (sum(stat.calls for stat in stats), sum(stat.failed for stat in stats)) == (11, 3)
     assert sum(sum(stat.latency_hist) for stat in stats) == 11
+
+
+def test_a_token_records_when_it_was_last_used(gateway_url, deployed):
+    token = AccessToken.objects.get(owner=deployed.service.owner, name="tests")
+    assert token.last_used_at is None
+    before = timezone.now()
+    wait_until_routed(gateway_url, deployed, path="/health")
+    poll_db(lambda: AccessToken.objects.get(id=token.id).last_used_at is not None)
+    assert AccessToken.objects.get(id=token.id).last_used_at >= before - timedelta(seconds=1)
