@@ -86,7 +86,9 @@ def ai_application_version_recheck(*, version: AIApplicationVersion) -> None:
 
 
 def ai_application_version_check_image(*, version_id: int) -> str | None:
-    """Mark a version Normal when an engine has its image, Failed otherwise. Safe to repeat."""
+    """Mark a version Normal when an engine has its image, Failed when the
+    engines answer without it. When no engine answers, the version stays
+    Checking with the reason, and the reconcile loop checks it again. Safe to repeat."""
     version = AIApplicationVersion.objects.filter(id=version_id).first()
     if version is None:
         return None
@@ -102,7 +104,9 @@ def ai_application_version_check_image(*, version_id: int) -> str | None:
     if not nodes:
         reason = "no engine is registered to check the image on"
     elif len(errors) == len(nodes):
-        reason = "no engine answered: " + "; ".join(errors)
+        reason = "no engine answered yet, checking again: " + "; ".join(errors)
+        AIApplicationVersion.objects.filter(id=version_id).update(status_reason=reason[:300])
+        return VersionStatus.CHECKING
     else:
         reason = f"image {version.image} not found on the engine"
     AIApplicationVersion.objects.filter(id=version_id).update(status=VersionStatus.FAILED, status_reason=reason[:300])

@@ -195,16 +195,16 @@ def test_image_check_without_engines_fails_with_the_reason(db, owner):
     assert version.status_reason == "no engine is registered to check the image on"
 
 
-def test_image_check_with_no_engine_answering_fails_with_the_reason(db, owner):
+def test_image_check_with_no_engine_answering_keeps_checking_with_the_reason(db, owner):
     down = ResourcePool.objects.create(name="down", is_public=True)
     Node.objects.create(pool=down, name="down-1", docker_host="tcp://127.0.0.1:1", is_reachable=True)
     version = make_version(owner, status=VersionStatus.CHECKING)
 
-    actions.ai_application_version_check_image(version_id=version.id)
+    assert actions.ai_application_version_check_image(version_id=version.id) == VersionStatus.CHECKING
 
     version.refresh_from_db()
-    assert version.status == VersionStatus.FAILED
-    assert version.status_reason.startswith("no engine answered: ")
+    assert version.status == VersionStatus.CHECKING
+    assert version.status_reason.startswith("no engine answered yet, checking again: ")
     assert "tcp://127.0.0.1:1" in version.status_reason
 
 

@@ -19,7 +19,7 @@ from django.utils import timezone
 from pools.models import Node
 from services import actions, runtime
 from services.actions import service_deploy_run
-from services.models import Instance, Service, ServiceEvent, ServiceStatus
+from services.models import AIApplicationVersion, Instance, Service, ServiceEvent, ServiceStatus
 from services.reconcile import RECONCILE_LOCK_KEY, reconcile
 from tests.conftest import DEMO_IMAGE_V1, containers_of, create_service, make_version, wait_for_status
 
@@ -326,3 +326,13 @@ class TestReconcileLoop:
         assert service.instances.get(index=0).container_id == left.container_id  # adopted, not duplicated
         assert Instance.objects.filter(service=service, is_healthy=True).count() == 2
         assert events_of(service.id)[-1] == "Running: 2/2 instance(s) healthy"
+
+
+def test_a_version_left_checking_is_checked_again_once_an_engine_answers(transactional_db, engine, pool, owner):
+    version = make_version(owner, image=DEMO_IMAGE_V1, status=actions.VersionStatus.CHECKING)
+    AIApplicationVersion.objects.filter(id=version.id).update(created_at=timezone.now() - timedelta(minutes=1))
+
+    reconcile()
+
+    version.refresh_from_db()
+    assert version.status == actions.VersionStatus.NORMAL
