@@ -82,20 +82,21 @@ def deployable_versions_for(user) -> QuerySet[AIApplicationVersion]:
     )
 
 
-def instance_logs_for(instances: list[Instance]) -> dict[int, str]:
-    """The last log lines of each instance's container, read from its engine."""
+def instance_logs_for(instances: list[Instance]) -> list[tuple[Instance, str]]:
+    """Each instance with the last lines of its container's log, read from its engine."""
     from django.conf import settings
 
     from services import runtime
 
-    logs = {}
+    logs = []
     for instance in instances:
         try:
-            logs[instance.id] = runtime.container_logs(
+            text = runtime.container_logs(
                 instance.node.docker_host, instance.container_name, tail=settings.CONTAINER_LOG_TAIL_LINES
             )
         except runtime.EngineError as exc:
-            logs[instance.id] = f"(logs unavailable: {exc})"
+            text = f"(logs unavailable: {exc})"
+        logs.append((instance, text))
     return logs
 
 
