@@ -144,25 +144,38 @@ def service_event_add(service_id, message: str, *, level: str = ServiceEvent.Lev
         log.info("service %s is gone; dropped event %r", service_id, message)
 
 
-def service_transition(service_id, *, to: str, lease_token=None, reason: str = "") -> bool:
+def service_transition(
+    service_id,
+    *,
+    to: str,
+    lease_token=None,
+    reason: str = "",
+    event: str = "",
+    event_level: str = ServiceEvent.Level.INFO,
+    event_detail: str = "",
+) -> bool:
     """Move a service to `to` from any status that allows it; True if this call won.
 
     With a lease token, only the holder of that lease may make the move. A move
     clears the lease, so whichever task works on the new status can claim it.
+    The `event`, if any, is written in the same transaction as the move, so the
+    timeline never lags behind the status.
     """
     sources = [status for status, targets in SERVICE_TRANSITIONS.items() if to in targets]
     rows = Service.objects.filter(id=service_id, status__in=sources)
     if lease_token is not None:
         rows = rows.filter(lease_token=lease_token)
-    return bool(
-        rows.update(
+    with transaction.atomic():
+        moved = rows.update(
             status=to,
             status_reason=reason[:500],
             status_changed_at=timezone.now(),
             lease_token=None,
             lease_expires_at=None,
         )
-    )
+        if moved and event:
+            service_event_add(service_id, event, level=event_level, detail=event_detail)
+    return bool(moved)
 
 
 def _lease_claim(service_id, status: str) -> uuid.UUID | None:
@@ -233,28 +246,25 @@ def _refuse(service: Service, action: str) -> None:
 
 def service_start(*, service: Service) -> None:
     """Stopped or Failed → Deploying, and enqueue the deploy. A second call is refused."""
-    if not service_transition(service.id, to=ServiceStatus.DEPLOYING):
+    if not service_transition(service.id, to=ServiceStatus.DEPLOYING, event="Start requested; deployment queued"):
         service.refresh_from_db(fields=["status"])
         _refuse(service, "start")
-    service_event_add(service.id, "Start requested; deployment queued")
     transaction.on_commit(lambda: _enqueue("service_deploy_task", str(service.id)))
 
 
 def service_stop(*, service: Service) -> None:
     """Running, Alarm or Abnormal → Stopping, and enqueue the stop. A second call is refused."""
-    if not service_transition(service.id, to=ServiceStatus.STOPPING):
+    if not service_transition(service.id, to=ServiceStatus.STOPPING, event="Stop requested"):
         service.refresh_from_db(fields=["status"])
         _refuse(service, "stop")
-    service_event_add(service.id, "Stop requested")
     transaction.on_commit(lambda: _enqueue("service_stop_task", str(service.id)))
 
 
 def service_delete(*, service: Service) -> None:
     """Any status but Deleting → Deleting, and enqueue the delete. A second call is refused."""
-    if not service_transition(service.id, to=ServiceStatus.DELETING):
+    if not service_transition(service.id, to=ServiceStatus.DELETING, event="Delete requested"):
         service.refresh_from_db(fields=["status"])
         _refuse(service, "delete")
-    service_event_add(service.id, "Delete requested")
     transaction.on_commit(lambda: _enqueue("service_delete_task", str(service.id)))
 
 
@@ -362,8 +372,15 @@ def _in_parallel(function, items: list) -> list:
 
 def _deploy_fail(service: Service, token, reason: str, instances: list[Instance], detail: str) -> None:
     _remove_containers(instances)
-    if service_transition(service.id, to=ServiceStatus.FAILED, lease_token=token, reason=reason):
-        service_event_add(service.id, f"Failed: {reason}", level=ServiceEvent.Level.ERROR, detail=detail)
+    service_transition(
+        service.id,
+        to=ServiceStatus.FAILED,
+        lease_token=token,
+        reason=reason,
+        event=f"Failed: {reason}",
+        event_level=ServiceEvent.Level.ERROR,
+        event_detail=detail,
+    )
 
 
 def _deploy_deadline(service: Service):
@@ -450,8 +467,8 @@ def service_deploy_run(*, service_id) -> str:
             is_fast = time.monotonic() - polling_since < DEPLOY_POLL_FAST_FOR_SECONDS
             time.sleep(DEPLOY_POLL_SECONDS if is_fast else DEPLOY_POLL_SLOW_SECONDS)
 
-    if service_transition(service.id, to=ServiceStatus.RUNNING, lease_token=token):
-        service_event_add(service.id, f"Running: {len(instances)}/{len(instances)} instance(s) healthy")
+    running = f"Running: {len(instances)}/{len(instances)} instance(s) healthy"
+    if service_transition(service.id, to=ServiceStatus.RUNNING, lease_token=token, event=running):
         return "running"
     return "lease lost"
 
@@ -474,8 +491,8 @@ def service_stop_run(*, service_id) -> str:
         Service.objects.filter(id=service_id, lease_token=token).update(lease_expires_at=timezone.now())
         return "retry"
     Instance.objects.filter(service_id=service_id).update(state=Instance.State.STOPPED, is_healthy=False)
-    if service_transition(service_id, to=ServiceStatus.STOPPED, lease_token=token):
-        service_event_add(service_id, f"Stopped: {len(instances)} container(s) stopped")
+    stopped = f"Stopped: {len(instances)} container(s) stopped"
+    if service_transition(service_id, to=ServiceStatus.STOPPED, lease_token=token, event=stopped):
         return "stopped"
     return "lease lost"
 

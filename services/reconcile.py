@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -218,19 +218,18 @@ def _converge_serving(services, containers, report: ReconcileReport) -> None:
         if wanted == service.status:
             continue
         reason = "" if wanted == ServiceStatus.RUNNING else f"{ready}/{len(flags)} instance(s) healthy"
-        # Only move from the status we read: a user's Stop or Delete since then wins.
-        moved = Service.objects.filter(id=service.id, status=service.status).update(
-            status=wanted, status_reason=reason, status_changed_at=timezone.now()
-        )
-        if moved:
-            report.status_changes[service.name] = wanted
-            level = ServiceEvent.Level.INFO if wanted == ServiceStatus.RUNNING else ServiceEvent.Level.WARNING
-            label = ServiceStatus(wanted).label
-            service_event_add(
-                service.id,
-                f"{label}: {ready}/{len(flags)} instance(s) healthy",
-                level=level,
+        level = ServiceEvent.Level.INFO if wanted == ServiceStatus.RUNNING else ServiceEvent.Level.WARNING
+        # The status and its event commit together, so nobody sees one without
+        # the other. Only move from the status we read: a user's Stop or Delete
+        # since then wins.
+        with transaction.atomic():
+            moved = Service.objects.filter(id=service.id, status=service.status).update(
+                status=wanted, status_reason=reason, status_changed_at=timezone.now()
             )
+            if moved:
+                report.status_changes[service.name] = wanted
+                label = ServiceStatus(wanted).label
+                service_event_add(service.id, f"{label}: {ready}/{len(flags)} instance(s) healthy", level=level)
 
 
 def _stop_strays(services, containers) -> None:
