@@ -186,6 +186,10 @@ class Instance(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     is_healthy = models.BooleanField(default=False)
     restart_count = models.PositiveIntegerField(default=0)
+    # Restarts since the instance was last seen healthy; the reconcile loop
+    # waits longer between restarts of an instance that keeps dying.
+    crash_streak = models.PositiveIntegerField(default=0)
+    restarted_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

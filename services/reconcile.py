@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 RECONCILE_LOCK_KEY = 0x525453  # any constant; one reconcile at a time across all workers
 NODE_REFRESH_SECONDS = 30
 UNCLAIMED_GRACE_SECONDS = 10
+RESTART_BACKOFF_MAX_SECONDS = 300
 TASK_FOR_STATUS = {
     ServiceStatus.DEPLOYING: "service_deploy_task",
     ServiceStatus.STOPPING: "service_stop_task",
@@ -61,6 +62,15 @@ class ReconcileReport:
     status_changes: dict[str, str] = field(default_factory=dict)
     requeued: list[str] = field(default_factory=list)
     unreachable_nodes: list[str] = field(default_factory=list)
+
+
+def restart_backoff_seconds(crash_streak: int) -> float:
+    """How long to wait before restarting an instance that died `crash_streak`
+    times without being healthy in between: at once the first time, then 2, 4,
+    8 … seconds, at most RESTART_BACKOFF_MAX_SECONDS."""
+    if crash_streak == 0:
+        return 0.0
+    return float(min(2**crash_streak, RESTART_BACKOFF_MAX_SECONDS))
 
 
 def _refresh_node(node: Node, now) -> None:
@@ -178,31 +188,46 @@ def _converge_serving(services, containers, report: ReconcileReport) -> None:
             return healthy, ""
         # Missing or not running: bring it back. The new container is checked
         # on the next cycle, once its server had a moment to start.
+        now = timezone.now()
+        backoff = restart_backoff_seconds(instance.crash_streak)
+        if instance.restarted_at is not None and (now - instance.restarted_at).total_seconds() < backoff:
+            return False, ""
         if info is None:
             what = "was missing"
         elif info.state in ("exited", "dead"):
             what = "had exited"
         else:
             what = f"was {info.state}"
+        streak = instance.crash_streak + 1
+        then = (
+            f" ({streak} times since it was last healthy; next try in {restart_backoff_seconds(streak):.0f} s)"
+            if streak > 1
+            else ""
+        )
         try:
             started = runtime.ensure_container_running(instance.node.docker_host, _container_spec(service, instance))
         except runtime.EngineError as exc:
-            return False, f"Instance {instance.container_name} {what}; restart failed: {exc}"
+            Instance.objects.filter(id=instance.id).update(crash_streak=streak, restarted_at=now)
+            return False, f"Instance {instance.container_name} {what}; restart failed: {exc}{then}"
         Instance.objects.filter(id=instance.id).update(
             container_id=started.container_id,
             host_port=started.host_port,
             state=Instance.State.RUNNING,
             restart_count=instance.restart_count + 1,
+            crash_streak=streak,
+            restarted_at=now,
         )
         report.repaired.append(instance.container_name)
-        return False, f"Instance {instance.container_name} {what}; restarted it"
+        return False, f"Instance {instance.container_name} {what}; restarted it{then}"
 
     results = _in_parallel(check, checks)
     healthy_by_service: dict[str, list[bool]] = {}
     for (service, instance), (healthy, note) in zip(checks, results, strict=True):
         healthy_by_service.setdefault(str(service.id), []).append(healthy)
-        if healthy != instance.is_healthy:
-            Instance.objects.filter(id=instance.id).update(is_healthy=healthy)
+        if healthy != instance.is_healthy or (healthy and instance.crash_streak):
+            Instance.objects.filter(id=instance.id).update(
+                is_healthy=healthy, **({"crash_streak": 0} if healthy else {})
+            )
         if note:
             service_event_add(service.id, note, level=ServiceEvent.Level.WARNING)
 

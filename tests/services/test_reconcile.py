@@ -20,7 +20,7 @@ from pools.models import Node
 from services import actions, runtime
 from services.actions import service_deploy_run
 from services.models import AIApplicationVersion, Instance, Service, ServiceEvent, ServiceStatus
-from services.reconcile import RECONCILE_LOCK_KEY, reconcile
+from services.reconcile import RECONCILE_LOCK_KEY, reconcile, restart_backoff_seconds
 from tests.conftest import DEMO_IMAGE_V1, containers_of, create_service, make_version, wait_for_status
 
 pytestmark = pytest.mark.docker
@@ -177,6 +177,43 @@ def test_reconcile_marks_an_unreachable_engine_and_keeps_going(engine, owner, po
     assert report.unreachable_nodes == ["down"]
     assert Node.objects.get(name="local").is_reachable
     assert Service.objects.get(id=service.id).status == ServiceStatus.RUNNING
+
+
+def test_restart_backoff_doubles_up_to_five_minutes():
+    assert [restart_backoff_seconds(streak) for streak in (0, 1, 2, 3, 8, 9, 30)] == [0, 2, 4, 8, 256, 300, 300]
+
+
+def test_an_instance_that_keeps_dying_is_restarted_with_backoff_and_healthy_resets_it(
+    engine, docker_client, owner, pool, flavors
+):
+    service = deployed_service(owner, make_version(owner))
+    instance = service.instances.get()
+    docker_client.containers.get(instance.container_name).stop(timeout=1)
+    # It died three times in a row, the last restart a second ago: wait (8 s).
+    Instance.objects.filter(id=instance.id).update(crash_streak=3, restarted_at=timezone.now() - timedelta(seconds=1))
+
+    report = reconcile()
+
+    assert report.repaired == []
+    assert docker_client.containers.get(instance.container_name).status == "exited"
+    assert Service.objects.get(id=service.id).status == ServiceStatus.ABNORMAL
+
+    Instance.objects.filter(id=instance.id).update(restarted_at=timezone.now() - timedelta(seconds=9))
+    report = reconcile()
+
+    assert report.repaired == [instance.container_name]
+    instance.refresh_from_db()
+    assert instance.crash_streak == 4
+    assert events_of(service.id)[-1] == (
+        f"Instance {instance.container_name} had exited; restarted it (4 times since it was last healthy; "
+        "next try in 16 s)"
+    )
+    deadline = time.monotonic() + 10
+    while Service.objects.get(id=service.id).status != ServiceStatus.RUNNING:
+        assert time.monotonic() < deadline, "the restarted instance never turned healthy"
+        time.sleep(0.2)
+        reconcile()
+    assert Instance.objects.get(id=instance.id).crash_streak == 0
 
 
 @pytest.mark.django_db(transaction=True)
