@@ -110,15 +110,14 @@ async def infer(request: web.Request) -> web.StreamResponse:
     token, app_code = _credentials(request)
     if token is None and app_code is None:
         return error(401, "RTS.4010", "No credentials: send X-Auth-Token, Authorization: Bearer, or X-Apig-AppCode.")
-    result, service = authorize(table, service_id, token, app_code, time.time())
+    token_hash = secret_hash(token) if token is not None else None
+    result, service = authorize(table, service_id, token, app_code, time.time(), token_hash)
     if result == AuthResult.UNAUTHENTICATED:
         return error(401, "RTS.4011", "The credentials are invalid, expired or revoked.")
     if result == AuthResult.NOT_FOUND:
         return error(404, "RTS.4040", f"Service {service_id} does not exist.")
-    if token is not None:
-        token_hash = secret_hash(token)
-        if token_hash in table.tokens:
-            app[STATS].token_used(token_hash)
+    if token_hash in table.tokens:
+        app[STATS].token_used(token_hash)
     if service.status not in SERVING_STATUSES:
         label = STATUS_LABELS.get(service.status, service.status)
         return error(503, "RTS.5031", f"Service {service_id} is {label}, not Running.")

@@ -115,17 +115,25 @@ class AuthResult:
     OK = "ok"
 
 
-def authorize(table: RoutingTable, service_id: str, token: str | None, app_code: str | None, now: float):
+def authorize(
+    table: RoutingTable,
+    service_id: str,
+    token: str | None,
+    app_code: str | None,
+    now: float,
+    token_hash: str | None = None,
+):
     """Whether the credentials open this service: (result, service route or None).
 
     A credential that is missing, unknown, expired or revoked is 401; a good one
     that does not open this service (another user's, or unknown) is 404, so a
-    caller cannot tell another user's service from a missing one.
+    caller cannot tell another user's service from a missing one. A caller
+    that already hashed the token passes `token_hash` so it is hashed once.
     """
     service = table.services.get(service_id)
     authenticated = False
     if token:
-        owner = table.tokens.get(secret_hash(token))
+        owner = table.tokens.get(token_hash or secret_hash(token))
         if owner is not None and owner[1] > now:
             authenticated = True
             if service is not None and service.owner_id == owner[0]:

@@ -146,13 +146,16 @@ def _reconcile_once() -> ReconcileReport:
 
 def _remove_orphans(nodes, containers, services, report: ReconcileReport) -> None:
     by_id = {node.id: node for node in nodes}
+    # A Failed service owns no containers: its deploy removed them.
+    owned = {
+        (instance.node_id, instance.container_name)
+        for service in services.values()
+        if service.status != ServiceStatus.FAILED
+        for instance in service.instances.all()
+    }
     for node_id, listed in containers.items():
-        for name, info in listed.items():
-            service = services.get(info.labels.get(runtime.LABEL_SERVICE, ""))
-            owned = service is not None and any(
-                i.container_name == name and i.node_id == node_id for i in service.instances.all()
-            )
-            if owned and service.status != ServiceStatus.FAILED:
+        for name in listed:
+            if (node_id, name) in owned:
                 continue
             try:
                 runtime.remove_container(by_id[node_id].docker_host, name)
