@@ -4,7 +4,6 @@ Secrets are generated here, returned once to the caller, and stored only as
 SHA-256 hashes. Revoking is a conditional update, so a second revoke is a no-op.
 """
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,13 +12,10 @@ from django.conf import settings
 from django.utils import timezone
 
 from access.models import AccessToken, AppCode
+from services.contract import secret_hash
 
 TOKEN_PREFIX = "rts_"
 APP_CODE_PREFIX = "app_"
-
-
-def secret_hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@ from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
-from access.actions import secret_hash
 from access.models import AccessToken, AppCode
+from services.contract import secret_hash
 
 
 def user_for_token(secret: str):

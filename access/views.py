@@ -3,20 +3,11 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from access import actions, selectors
 from access.forms import TokenRequestInvalid, token_data_from_post, token_request_parse
-from access.models import AccessToken
-
-
-def token_status(token: AccessToken, now) -> str:
-    if token.revoked_at is not None:
-        return "revoked"
-    if token.expires_at <= now:
-        return "expired"
-    return "active"
+from services.contract import infer_url
 
 
 @login_required
@@ -38,17 +29,14 @@ def access_keys(request: HttpRequest) -> HttpResponse:
             new_token = actions.access_token_create(
                 owner=request.user, name=token_request.name, days=token_request.days
             )
-    now = timezone.now()
     tokens = list(selectors.access_token_list_for(request.user))
-    for token in tokens:
-        token.status = token_status(token, now)
     context = {
         "tokens": tokens,
         "data": data,
         "errors": errors,
         "new_token": new_token,
         "max_days": settings.ACCESS_TOKEN_MAX_DAYS,
-        "gateway_url": settings.GATEWAY_URL,
+        "infer_url_example": infer_url(settings.GATEWAY_URL, "<service_id>"),
     }
     return render(request, "access/access_keys.html", context, status=400 if errors else 200)
 

@@ -1,6 +1,6 @@
 """The plumbing every endpoint shares: JSON errors, token authentication,
-method checks and body parsing. Error codes follow the gateway's (RTS.4010,
-RTS.4011, RTS.4040), so a client handles both the same way."""
+method checks and body parsing. Error codes are the gateway's too
+(services.contract.ErrorCode), so a client handles both the same way."""
 
 import functools
 import json
@@ -12,16 +12,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from access.selectors import user_for_token
-
-VALIDATION_FAILED = "RTS.4000"
-BODY_MALFORMED = "RTS.4001"
-NO_CREDENTIALS = "RTS.4010"
-BAD_CREDENTIALS = "RTS.4011"
-LOGIN_FAILED = "RTS.4012"
-NOT_FOUND = "RTS.4040"
-METHOD_NOT_ALLOWED = "RTS.4050"
-CONFLICT = "RTS.4090"
-BODY_TOO_LARGE = "RTS.4130"
+from services.contract import ErrorCode
 
 
 class ApiError(Exception):
@@ -43,7 +34,7 @@ def error_response(status: int, code: str, message: str, errors: dict[str, list[
 
 
 def not_found(message: str) -> ApiError:
-    return ApiError(404, NOT_FOUND, message)
+    return ApiError(404, ErrorCode.NOT_FOUND, message)
 
 
 def token_from(request: HttpRequest) -> str:
@@ -61,13 +52,13 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
     try:
         raw = request.body
     except RequestDataTooBig:
-        raise ApiError(413, BODY_TOO_LARGE, "The request body is too large.") from None
+        raise ApiError(413, ErrorCode.BODY_TOO_LARGE, "The request body is too large.") from None
     try:
         body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, BODY_MALFORMED, f"The request body is not valid JSON: {exc}.") from None
+        raise ApiError(400, ErrorCode.BODY_MALFORMED, f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
-        raise ApiError(400, BODY_MALFORMED, "The request body must be a JSON object.")
+        raise ApiError(400, ErrorCode.BODY_MALFORMED, "The request body must be a JSON object.")
     return body
 
 
@@ -83,7 +74,9 @@ def api_view(methods: Iterable[str], *, authenticated: bool = True) -> Callable:
         def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
             if request.method not in allowed:
                 response = error_response(
-                    405, METHOD_NOT_ALLOWED, f"{request.method} is not allowed here; use {', '.join(allowed)}."
+                    405,
+                    ErrorCode.METHOD_NOT_ALLOWED,
+                    f"{request.method} is not allowed here; use {', '.join(allowed)}.",
                 )
                 response["Allow"] = ", ".join(allowed)
                 return response
@@ -91,13 +84,15 @@ def api_view(methods: Iterable[str], *, authenticated: bool = True) -> Callable:
                 token = token_from(request)
                 if not token:
                     response = error_response(
-                        401, NO_CREDENTIALS, "No credentials: send X-Auth-Token or Authorization: Bearer."
+                        401, ErrorCode.NO_CREDENTIALS, "No credentials: send X-Auth-Token or Authorization: Bearer."
                     )
                     response["WWW-Authenticate"] = "Bearer"
                     return response
                 user = user_for_token(token)
                 if user is None:
-                    response = error_response(401, BAD_CREDENTIALS, "The token is invalid, expired or revoked.")
+                    response = error_response(
+                        401, ErrorCode.BAD_CREDENTIALS, "The token is invalid, expired or revoked."
+                    )
                     response["WWW-Authenticate"] = 'Bearer error="invalid_token"'
                     return response
                 kwargs["user"] = user

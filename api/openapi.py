@@ -11,7 +11,7 @@ from django.conf import settings
 
 from api.parsing import SERVICE_CONFIG_FIELDS, SERVICE_FIELDS
 from api.serializers import service_status_name
-from services.models import ServiceStatus, VersionStatus
+from services.choices import ServiceStatus, VersionStatus
 
 
 def _ref(name: str) -> dict[str, str]:

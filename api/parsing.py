@@ -9,8 +9,9 @@ from typing import Any
 from django.conf import settings
 
 from access.forms import TokenRequest, TokenRequestInvalid, token_request_parse
-from api.http import VALIDATION_FAILED, ApiError
+from api.http import ApiError
 from pools.selectors import pool_list_for
+from services.contract import ErrorCode
 
 # validation key → API field name
 SERVICE_FIELDS = {
@@ -60,7 +61,7 @@ def api_errors(errors: dict[str, list[str]], fields: Mapping[str, str]) -> dict[
 def validation_error(errors: dict[str, list[str]], fields: Mapping[str, str]) -> ApiError:
     renamed = api_errors(errors, fields)
     summary = "; ".join(f"{key}: {' '.join(messages)}" for key, messages in renamed.items())
-    return ApiError(400, VALIDATION_FAILED, f"The request is invalid. {summary}", renamed)
+    return ApiError(400, ErrorCode.VALIDATION_FAILED, f"The request is invalid. {summary}", renamed)
 
 
 def _default_pool_ref(user, body: Mapping[str, Any]) -> Any:

@@ -9,7 +9,9 @@ from django.conf import settings
 
 from pools.models import ResourcePool
 from pools.selectors import FlavorOption
-from services.models import AIApplicationVersion, Instance, Service, ServiceEvent, ServiceStatus, ServiceVersionConfig
+from services.choices import ServiceStatus
+from services.contract import infer_url
+from services.models import AIApplicationVersion, Instance, Service, ServiceEvent, ServiceVersionConfig
 
 # ModelArts says "concerning" where the console says Alarm; every other status
 # is its value in lower case.
@@ -25,7 +27,7 @@ def service_status_name(status: str) -> str:
 
 
 def access_address(service: Service) -> str:
-    return f"{settings.GATEWAY_URL.rstrip('/')}/v1/infers/{service.id}"
+    return infer_url(settings.GATEWAY_URL, service.id)
 
 
 def model_data(version: AIApplicationVersion) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
 from access.actions import access_token_create
 from api import serializers
-from api.http import CONFLICT, LOGIN_FAILED, VALIDATION_FAILED, ApiError, api_view, error_response, json_body, not_found
+from api.http import ApiError, api_view, error_response, json_body, not_found
 from api.openapi import openapi_document
 from api.parsing import (
     MODEL_FIELDS,
@@ -22,7 +22,9 @@ from api.parsing import (
 from api.selectors import model_list_for, specification_pool_for
 from pools.selectors import flavor_options_for_pool
 from services import actions, selectors
-from services.models import AIApplicationVersion, Service, ServiceStatus
+from services.choices import ServiceStatus
+from services.contract import ErrorCode
+from services.models import AIApplicationVersion, Service
 from services.validation import RequestInvalid, parse_deploy_request, parse_version_request
 
 # PUT {"status": ...} → the action that moves the service there.
@@ -33,7 +35,7 @@ _STATUS_ACTIONS = {
 
 
 def _refused(exc: actions.ActionRefused) -> ApiError:
-    return ApiError(409, CONFLICT, str(exc))
+    return ApiError(409, ErrorCode.CONFLICT, str(exc))
 
 
 # --- Tokens ----------------------------------------------------------------------
@@ -44,7 +46,7 @@ def auth_tokens(request: HttpRequest) -> HttpResponse:
     username, password, token_request = token_request_from_api(json_body(request))
     user = authenticate(request, username=username, password=password)
     if user is None:
-        return error_response(401, LOGIN_FAILED, "The username or password is incorrect.")
+        return error_response(401, ErrorCode.LOGIN_FAILED, "The username or password is incorrect.")
     issued = access_token_create(owner=user, name=token_request.name, days=token_request.days)
     response = JsonResponse(
         {
@@ -157,7 +159,7 @@ def service(request: HttpRequest, service_id: str, *, user) -> HttpResponse:
     if action is None:
         raise ApiError(
             400,
-            VALIDATION_FAILED,
+            ErrorCode.VALIDATION_FAILED,
             'The request is invalid. status: must be "stopped" or "running".',
             {"status": ['Status must be "stopped" (to stop the service) or "running" (to start it).']},
         )

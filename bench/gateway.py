@@ -189,8 +189,9 @@ class ServiceFixture:
 
         from access.actions import access_token_create
         from pools.models import Flavor, Node, ResourcePool
-        from services import actions, runtime
-        from services.models import AIApplication, AIApplicationVersion, Instance, VersionStatus
+        from services import actions, lifecycle, runtime, tasks
+        from services.choices import VersionStatus
+        from services.models import AIApplication, AIApplicationVersion, Instance
         from services.reconcile import nodes_refresh
         from services.validation import DeployRequest, VersionConfigRequest
 
@@ -201,7 +202,8 @@ class ServiceFixture:
         except runtime.EngineError as exc:
             die(f"{exc}; run scripts/bootstrap.sh docker")
         # Deploy inline: nothing is queued for a worker that may not be running.
-        actions._enqueue = lambda task_name, *args: None
+        for task in (tasks.service_deploy_task, tasks.service_stop_task, tasks.service_delete_task):
+            task.delay = lambda *args: None
 
         suffix = uuid.uuid4().hex[:8]
         user = get_user_model().objects.create_user(username=f"bench-{suffix}", password=uuid.uuid4().hex)
@@ -233,7 +235,7 @@ class ServiceFixture:
         service = actions.service_create(owner=user, request=request)
         self.service_id = service.id
         say(f"deploying service {service.id} (1 instance of {IMAGE}, {flavor.code})")
-        outcome = actions.service_deploy_run(service_id=service.id)
+        outcome = lifecycle.service_deploy_run(service_id=service.id)
         if outcome != "running":
             service.refresh_from_db()
             die(f"the deploy ended {outcome}: {service.status_reason}")
@@ -242,7 +244,7 @@ class ServiceFixture:
         return Fixture(str(service.id), instance.host_port, token)
 
     def tear_down(self) -> None:
-        from services import actions
+        from services import actions, lifecycle
         from services.models import Service
 
         service_id = getattr(self, "service_id", None)
@@ -252,7 +254,7 @@ class ServiceFixture:
                 actions.service_delete(service=service)
             except actions.ActionRefused:
                 pass
-            actions.service_delete_run(service_id=service_id)
+            lifecycle.service_delete_run(service_id=service_id)
         self._delete_created()
 
     def _delete_created(self) -> None:

@@ -1,6 +1,7 @@
 from pathlib import Path
 
-from console.env import env_bool, env_float, env_int, env_list, env_str
+from common.env import env_bool, env_float, env_int, env_list, env_str
+from gateway.config import GatewayConfig
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -58,14 +59,17 @@ TEMPLATES = [
 
 WSGI_APPLICATION = "console.wsgi.application"
 
+# The gateway reads the same variables through the same object.
+GATEWAY = GatewayConfig.from_env()
+
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",
-        "NAME": env_str("DATABASE_NAME", "console"),
-        "USER": env_str("DATABASE_USER", "postgres"),
-        "PASSWORD": env_str("DATABASE_PASSWORD", ""),
-        "HOST": env_str("DATABASE_HOST", "127.0.0.1"),
-        "PORT": env_int("DATABASE_PORT", 5432),
+        "NAME": GATEWAY.database.name,
+        "USER": GATEWAY.database.user,
+        "PASSWORD": GATEWAY.database.password,
+        "HOST": GATEWAY.database.host,
+        "PORT": GATEWAY.database.port,
         "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60),
         "CONN_HEALTH_CHECKS": True,
         "TEST": {"NAME": env_str("DATABASE_TEST_NAME", "test_console")},
@@ -141,7 +145,7 @@ DOCKER_HOST = env_str("DOCKER_HOST", "unix:///var/run/docker.sock")
 CONSOLE_ID = env_str("CONSOLE_ID", "console")
 # The address the engine publishes container ports on and the workers and
 # gateway reach them at.
-INSTANCE_HOST = env_str("INSTANCE_HOST", "127.0.0.1")
+INSTANCE_HOST = GATEWAY.instance_host
 MAX_INSTANCES_PER_VERSION = env_int("MAX_INSTANCES_PER_VERSION", 128)
 MAX_SERVICES_PER_USER = env_int("MAX_SERVICES_PER_USER", 20)
 SERVICE_TIMEOUT_DEFAULT_MINUTES = 20
@@ -154,14 +158,11 @@ TASK_LEASE_SECONDS = env_int("TASK_LEASE_SECONDS", 30)
 CONTAINER_LOG_TAIL_LINES = env_int("CONTAINER_LOG_TAIL_LINES", 50)
 
 # --- Gateway --------------------------------------------------------------------
-GATEWAY_HOST = env_str("GATEWAY_HOST", "127.0.0.1")
-GATEWAY_PORT = env_int("GATEWAY_PORT", 8001)
+# GATEWAY (above) holds the gateway's own settings (gateway/config.py).
 # The address users call, shown in the Usage Guide; the console calls the same.
-GATEWAY_URL = env_str("GATEWAY_URL", f"http://{GATEWAY_HOST}:{GATEWAY_PORT}")
-GATEWAY_CALL_TIMEOUT_SECONDS = env_float("GATEWAY_CALL_TIMEOUT_SECONDS", 60.0)
-GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 12 * 1024 * 1024)
-GATEWAY_REFRESH_SECONDS = env_float("GATEWAY_REFRESH_SECONDS", 0.5)
-GATEWAY_PROCESSES = env_int("GATEWAY_PROCESSES", 0)  # 0: one per core
+GATEWAY_URL = env_str("GATEWAY_URL", GATEWAY.local_url)
+GATEWAY_CALL_TIMEOUT_SECONDS = GATEWAY.call_timeout_seconds
+GATEWAY_REFRESH_SECONDS = GATEWAY.refresh_seconds
 ACCESS_TOKEN_DEFAULT_DAYS = 90
 ACCESS_TOKEN_MAX_DAYS = 365
 CONSOLE_TOKEN_SECONDS = env_int("CONSOLE_TOKEN_SECONDS", 3600)

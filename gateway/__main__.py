@@ -7,6 +7,7 @@ parent restarts a process that dies, and stops them all on SIGINT or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -14,27 +15,28 @@ import sys
 import time
 
 from gateway.app import serve, serve_child
+from gateway.config import GatewayConfig
 
 
 def main() -> None:
-    from console import settings
-
+    config = GatewayConfig.from_env()
     parser = argparse.ArgumentParser(prog="python -m gateway")
-    parser.add_argument("--host", default=settings.GATEWAY_HOST)
-    parser.add_argument("--port", type=int, default=settings.GATEWAY_PORT)
-    parser.add_argument("--processes", type=int, default=settings.GATEWAY_PROCESSES or os.cpu_count() or 1)
+    parser.add_argument("--host", default=config.host)
+    parser.add_argument("--port", type=int, default=config.port)
+    parser.add_argument("--processes", type=int, default=config.processes or os.cpu_count() or 1)
     args = parser.parse_args()
+    config = dataclasses.replace(config, host=args.host, port=args.port, processes=args.processes)
 
     if args.processes == 1:
         print(f"gateway listening on http://{args.host}:{args.port}", flush=True)
-        serve(args.host, args.port)
+        serve(config)
         return
 
     context = multiprocessing.get_context("spawn")
     stopping = False
 
     def start() -> multiprocessing.Process:
-        process = context.Process(target=serve_child, args=(args.host, args.port, os.getpid()), daemon=False)
+        process = context.Process(target=serve_child, args=(config, os.getpid()), daemon=False)
         process.start()
         return process
 

@@ -21,11 +21,12 @@ try:
 except ImportError:  # optional: the gateway works on asyncio's own loop
     uvloop = None
 
-from console import settings
 from gateway import store
 from gateway import upstream as upstream_client
-from gateway.routing import SERVING_STATUSES, AuthResult, RoutingTable, authorize, secret_hash
+from gateway.config import DatabaseConfig, GatewayConfig
+from gateway.routing import AuthResult, RoutingTable, ServiceRoute, VersionRoute, authorize
 from gateway.stats import CallStats
+from services.contract import CALLABLE_STATUSES, INFER_PREFIX, ErrorCode, secret_hash, status_label
 
 log = logging.getLogger("gateway")
 
@@ -40,29 +41,24 @@ CREDENTIAL_HEADERS = frozenset({"x-auth-token", "authorization", "x-apig-appcode
 # Not sent on to the model: hop-by-hop headers, the caller's credentials,
 # X-Forwarded-For (rewritten), and Expect (the gateway has read the body already).
 NOT_FORWARDED = HOP_BY_HOP | CREDENTIAL_HEADERS | {"x-forwarded-for", "expect"}
-PREFIX_LENGTH = len("/v1/infers/")
-CALL_TIMEOUT_SECONDS = settings.GATEWAY_CALL_TIMEOUT_SECONDS
+PREFIX_LENGTH = len(INFER_PREFIX)
 # Answers up to this size (with a Content-Length) are read whole and sent in
 # one write; larger ones are streamed.
 BUFFERED_RESPONSE_BYTES = 256 * 1024
-STATUS_LABELS = {
-    "deploying": "Deploying", "running": "Running", "alarm": "Alarm", "abnormal": "Abnormal",
-    "failed": "Failed", "stopping": "Stopping", "stopped": "Stopped", "deleting": "Deleting",
-}  # fmt: skip
 # An instance that refused a connection is skipped for this long, unless a
 # reload of the table lists it under a new port first.
 SUSPECT_SECONDS = 2.0
 
+CONFIG = web.AppKey("config", GatewayConfig)
 TABLE = web.AppKey("table", dict)
 STATS = web.AppKey("stats", CallStats)
 POOL = web.AppKey("pool", upstream_client.Pool)
 SUSPECTS = web.AppKey("suspects", dict)
 
 
-def conninfo() -> str:
-    db = settings.DATABASES["default"]
+def conninfo(db: DatabaseConfig) -> str:
     return psycopg.conninfo.make_conninfo(
-        dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"] or None, host=db["HOST"], port=db["PORT"]
+        dbname=db.name, user=db.user, password=db.password or None, host=db.host, port=db.port
     )
 
 
@@ -83,11 +79,10 @@ def _credentials(request: web.Request) -> tuple[str | None, str | None]:
     return token or None, request.headers.get("X-Apig-AppCode") or None
 
 
-async def _read_body(request: web.Request) -> bytes | None:
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
     """The request body, or None when it is larger than the limit."""
     if not request.body_exists:
         return b""
-    limit = settings.GATEWAY_MAX_BODY_BYTES
     length = request.content_length
     if length is not None:
         # Within the limit, and client_max_size is the limit: read() suffices.
@@ -102,34 +97,69 @@ async def _read_body(request: web.Request) -> bytes | None:
     return b"".join(chunks)
 
 
-async def infer(request: web.Request) -> web.StreamResponse:
-    started = time.perf_counter()
+def _callable_service(request: web.Request) -> ServiceRoute | web.Response:
+    """The service the caller may call now, or the error to answer with."""
     app = request.app
     table: RoutingTable = app[TABLE]["current"]
     service_id = request.match_info["service_id"]
     token, app_code = _credentials(request)
     if token is None and app_code is None:
-        return error(401, "RTS.4010", "No credentials: send X-Auth-Token, Authorization: Bearer, or X-Apig-AppCode.")
+        return error(
+            401,
+            ErrorCode.NO_CREDENTIALS,
+            "No credentials: send X-Auth-Token, Authorization: Bearer, or X-Apig-AppCode.",
+        )
     token_hash = secret_hash(token) if token is not None else None
     result, service = authorize(table, service_id, token, app_code, time.time(), token_hash)
     if result == AuthResult.UNAUTHENTICATED:
-        return error(401, "RTS.4011", "The credentials are invalid, expired or revoked.")
-    if result == AuthResult.NOT_FOUND:
-        return error(404, "RTS.4040", f"Service {service_id} does not exist.")
+        return error(401, ErrorCode.BAD_CREDENTIALS, "The credentials are invalid, expired or revoked.")
+    if result == AuthResult.NOT_FOUND or service is None:
+        return error(404, ErrorCode.NOT_FOUND, f"Service {service_id} does not exist.")
     if token_hash in table.tokens:
         app[STATS].token_used(token_hash)
-    if service.status not in SERVING_STATUSES:
-        label = STATUS_LABELS.get(service.status, service.status)
-        return error(503, "RTS.5031", f"Service {service_id} is {label}, not Running.")
+    if service.status not in CALLABLE_STATUSES:
+        label = status_label(service.status)
+        return error(503, ErrorCode.NOT_CALLABLE, f"Service {service_id} is {label}, not Running.")
+    return service
 
-    body = await _read_body(request)
-    if body is None:
-        return error(413, "RTS.4130", f"The request body is larger than {settings.GATEWAY_MAX_BODY_BYTES} bytes.")
 
+def _forwarded_headers(request: web.Request) -> list[tuple[str, str]]:
+    """The caller's headers as the model sees them: no hop-by-hop headers and no credentials."""
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
     forwarded_for = request.headers.get("X-Forwarded-For")
     remote = request.remote or ""
     headers.append(("X-Forwarded-For", f"{forwarded_for}, {remote}" if forwarded_for else remote))
+    return headers
+
+
+def _suspected_upstreams(app: web.Application) -> set[tuple[str, int]]:
+    """Instances that refused a connection a moment ago."""
+    suspects: dict = app[SUSPECTS]
+    if not suspects:
+        return set()
+    now = time.monotonic()
+    return {upstream for upstream, until in suspects.items() if until > now}
+
+
+async def infer(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    service = _callable_service(request)
+    if isinstance(service, web.Response):
+        return service
+    limit = request.app[CONFIG].max_body_bytes
+    body = await _read_body(request, limit)
+    if body is None:
+        return error(413, ErrorCode.BODY_TOO_LARGE, f"The request body is larger than {limit} bytes.")
+    return await _proxy(request, service, body, _forwarded_headers(request), started)
+
+
+async def _proxy(
+    request: web.Request, service: ServiceRoute, body: bytes, headers: list[tuple[str, str]], started: float
+) -> web.StreamResponse:
+    """Send the call to an instance picked by traffic weight and round robin, and relay its answer."""
+    app = request.app
+    service_id = service.service_id
+    timeout = app[CONFIG].call_timeout_seconds
     # The path and query go through exactly as the caller encoded them.
     rel_url = request.rel_url
     raw_path = rel_url.raw_path
@@ -137,17 +167,13 @@ async def infer(request: web.Request) -> web.StreamResponse:
     query = rel_url.raw_query_string
     target_query = "?" + query if query else ""
     suspects: dict = app[SUSPECTS]
-    if suspects:
-        now = time.monotonic()
-        avoid = {upstream for upstream, until in suspects.items() if until > now}
-    else:
-        avoid = set()
+    avoid = _suspected_upstreams(app)
     tried: set[tuple[str, int]] = set()
     rng = app[TABLE]["rng"]
     pool: upstream_client.Pool = app[POOL]
-    method = request.method
+    stats: CallStats = app[STATS]
 
-    version = None
+    version: VersionRoute | None = None
     last_error = ""
     # Only connection failures are retried (the call never reached a model),
     # on another instance, at most once per instance. Instances that refused a
@@ -162,32 +188,41 @@ async def infer(request: web.Request) -> web.StreamResponse:
         if version is None:
             break
         upstream = version.pick_upstream(exclude)
+        if upstream is None:
+            break
         target = (raw_path[rest_at:] if rest_at != -1 else version.predict_path) + target_query
         try:
-            answer = await pool.request(upstream, method, target, headers, body, CALL_TIMEOUT_SECONDS)
+            answer = await pool.request(upstream, request.method, target, headers, body, timeout)
         except (upstream_client.ConnectError, upstream_client.Disconnected) as exc:
             suspects[upstream] = time.monotonic() + SUSPECT_SECONDS
             tried.add(upstream)
             last_error = str(exc)
             continue
         except upstream_client.BadResponse as exc:
-            app[STATS].record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
-            return error(502, "RTS.5021", f"The instance did not answer in HTTP: {exc}")
+            stats.record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
+            return error(502, ErrorCode.BAD_UPSTREAM_ANSWER, f"The instance did not answer in HTTP: {exc}")
         except TimeoutError:
-            app[STATS].record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
-            return error(504, "RTS.5040", f"The model did not answer within {CALL_TIMEOUT_SECONDS:g} s.")
-        return await _relay(request, answer, app[STATS], service_id, version.config_id, started)
+            stats.record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
+            return error(504, ErrorCode.UPSTREAM_TIMEOUT, f"The model did not answer within {timeout:g} s.")
+        return await _relay(request, answer, stats, service_id, version.config_id, started)
 
     # A call that reached no model is still a failed call of the service.
     counted = next((v for v in service.versions if v.weight > 0), None)
     if counted is not None:
-        app[STATS].record(service_id, counted.config_id, (time.perf_counter() - started) * 1000, True)
+        stats.record(service_id, counted.config_id, (time.perf_counter() - started) * 1000, True)
     if last_error:
-        return error(502, "RTS.5020", f"Could not connect to an instance of the service: {last_error}")
-    return error(503, "RTS.5032", f"Service {service_id} has no healthy instance.")
+        return error(502, ErrorCode.CONNECT_FAILED, f"Could not connect to an instance of the service: {last_error}")
+    return error(503, ErrorCode.NO_HEALTHY_INSTANCE, f"Service {service_id} has no healthy instance.")
 
 
-async def _relay(request, answer, stats: CallStats, service_id: str, config_id: int, started: float):
+async def _relay(
+    request: web.Request,
+    answer: upstream_client.Response,
+    stats: CallStats,
+    service_id: str,
+    config_id: int,
+    started: float,
+) -> web.StreamResponse:
     """Send the model's answer back with its status, headers and body unchanged.
 
     A small answer of known length is read whole and sent in one write; any
@@ -203,10 +238,13 @@ async def _relay(request, answer, stats: CallStats, service_id: str, config_id: 
                 body = await answer.read()
             except TimeoutError:
                 is_failed = True
-                return error(504, "RTS.5040", f"The model did not answer within {CALL_TIMEOUT_SECONDS:g} s.")
+                timeout = request.app[CONFIG].call_timeout_seconds
+                return error(504, ErrorCode.UPSTREAM_TIMEOUT, f"The model did not answer within {timeout:g} s.")
             except upstream_client.UpstreamError as exc:
                 is_failed = True
-                return error(502, "RTS.5021", f"The connection to the instance broke during the answer: {exc}")
+                return error(
+                    502, ErrorCode.BAD_UPSTREAM_ANSWER, f"The connection to the instance broke during the answer: {exc}"
+                )
             return web.Response(status=status, reason=answer.reason, body=body, headers=headers)
         response = web.StreamResponse(status=status, reason=answer.reason, headers=headers)
         if length is not None:
@@ -231,19 +269,20 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def _refresh_loop(app: web.Application) -> None:
+    config = app[CONFIG]
     conn = None
     while True:
         try:
             if conn is None or conn.closed:
-                conn = await store.connect(conninfo())
+                conn = await store.connect(conninfo(config.database))
             holder = app[TABLE]
-            holder["current"] = await store.load_table(conn, settings.INSTANCE_HOST, holder["current"])
+            holder["current"] = await store.load_table(conn, config.instance_host, holder["current"])
             holder["ready"].set()
         except (psycopg.Error, OSError) as exc:
             log.warning("routing table reload failed, keeping the last one: %s", exc)
             conn = None
         _forget_stale(app)
-        await asyncio.sleep(settings.GATEWAY_REFRESH_SECONDS)
+        await asyncio.sleep(config.refresh_seconds)
 
 
 def _forget_stale(app: web.Application) -> None:
@@ -274,7 +313,7 @@ async def _flush_once(app: web.Application, conn_holder: dict) -> None:
     bucket_start = now.replace(second=0, microsecond=0)
     try:
         if conn_holder["conn"] is None or conn_holder["conn"].closed:
-            conn_holder["conn"] = await store.connect(conninfo())
+            conn_holder["conn"] = await store.connect(conninfo(app[CONFIG].database))
         await store.flush_stats(conn_holder["conn"], batch, bucket_start)
         await store.touch_tokens(conn_holder["conn"], used_tokens, now)
     except (psycopg.Error, OSError) as exc:
@@ -298,8 +337,9 @@ async def _start_background(app: web.Application):
     app[POOL].close()
 
 
-def create_app() -> web.Application:
-    app = web.Application(client_max_size=settings.GATEWAY_MAX_BODY_BYTES + 1)
+def create_app(config: GatewayConfig) -> web.Application:
+    app = web.Application(client_max_size=config.max_body_bytes + 1)
+    app[CONFIG] = config
     app[TABLE] = {"current": RoutingTable(), "ready": asyncio.Event(), "rng": random.Random()}
     app[STATS] = CallStats()
     app[SUSPECTS] = {}
@@ -317,15 +357,17 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def serve(host: str, port: int) -> None:
+def serve(config: GatewayConfig) -> None:
     """Run one gateway process; several share the port through SO_REUSEPORT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s gateway[%(process)d]: %(message)s")
     loop = new_event_loop()
     log.info("event loop: %s", type(loop).__module__)
-    web.run_app(create_app(), host=host, port=port, reuse_port=True, access_log=None, print=None, loop=loop)
+    web.run_app(
+        create_app(config), host=config.host, port=config.port, reuse_port=True, access_log=None, print=None, loop=loop
+    )
 
 
-def serve_child(host: str, port: int, parent_pid: int) -> None:
+def serve_child(config: GatewayConfig, parent_pid: int) -> None:
     """One process of a multi-process gateway: it ends with its parent, even a killed one."""
     try:
         # PR_SET_PDEATHSIG (Linux): the kernel sends SIGTERM when the parent dies.
@@ -334,4 +376,4 @@ def serve_child(host: str, port: int, parent_pid: int) -> None:
         pass
     if os.getppid() != parent_pid:
         return
-    serve(host, port)
+    serve(config)

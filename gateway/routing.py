@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
 
-SERVING_STATUSES = frozenset({"running", "alarm"})
+from services.contract import secret_hash
 
 
 @dataclass
@@ -63,10 +62,6 @@ class RoutingTable:
     # sha256(app code) -> service id
     app_codes: dict[str, str] = field(default_factory=dict)
     loaded_at: float = 0.0
-
-
-def secret_hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def build_table(service_rows, token_rows, app_code_rows, instance_host: str, previous: RoutingTable | None = None):

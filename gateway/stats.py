@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left
-
-# Upper bounds, in milliseconds, of the latency histogram's buckets; one more
-# bucket holds everything slower.
-LATENCY_BUCKETS_MS: tuple[float, ...] = (
-    0.5, 1, 1.5, 2, 3, 4, 5, 7, 10, 15, 20, 30, 40, 50, 75, 100, 150, 200, 300, 400, 500,
-    750, 1000, 1500, 2000, 3000, 5000, 10000, 30000, 60000,
-)  # fmt: skip
-LATENCY_BUCKET_COUNT = len(LATENCY_BUCKETS_MS) + 1
+from services.contract import LATENCY_BUCKET_COUNT, latency_bucket
 
 
 class CallStats:
@@ -32,7 +24,7 @@ class CallStats:
         entry[0] += 1
         if is_failed:
             entry[1] += 1
-        entry[2][bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
+        entry[2][latency_bucket(latency_ms)] += 1
 
     def take(self) -> dict[tuple[str, int], list]:
         batch, self._batch = self._batch, {}
@@ -48,17 +40,3 @@ class CallStats:
                 entry[0] += calls
                 entry[1] += failed
                 entry[2] = [a + b for a, b in zip(entry[2], histogram, strict=True)]
-
-
-def percentile_ms(histogram: list[int], fraction: float) -> float | None:
-    """The upper bound of the bucket holding the given fraction of calls."""
-    total = sum(histogram)
-    if total == 0:
-        return None
-    rank = fraction * total
-    seen = 0
-    for index, count in enumerate(histogram):
-        seen += count
-        if seen >= rank:
-            return LATENCY_BUCKETS_MS[index] if index < len(LATENCY_BUCKETS_MS) else float("inf")
-    return float("inf")

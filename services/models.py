@@ -4,13 +4,15 @@ from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
-from gateway.stats import LATENCY_BUCKET_COUNT
-
-
-class VersionStatus(models.TextChoices):
-    CHECKING = "checking", "Checking"
-    NORMAL = "normal", "Normal"
-    FAILED = "failed", "Failed"
+from services.choices import (
+    CALLABLE_STATUSES,
+    TRANSITIONAL_STATUSES,
+    InstanceState,
+    ServiceStatus,
+    VersionStatus,
+    can_transition,
+)
+from services.contract import LATENCY_BUCKET_COUNT
 
 
 class AIApplication(models.Model):
@@ -59,44 +61,6 @@ class AIApplicationVersion(models.Model):
     def __str__(self) -> str:
         return f"{self.application.name} {self.version}"
 
-    @property
-    def is_deployable(self) -> bool:
-        return self.status == VersionStatus.NORMAL
-
-
-class ServiceStatus(models.TextChoices):
-    DEPLOYING = "deploying", "Deploying"
-    RUNNING = "running", "Running"
-    ALARM = "alarm", "Alarm"
-    ABNORMAL = "abnormal", "Abnormal"
-    FAILED = "failed", "Failed"
-    STOPPING = "stopping", "Stopping"
-    STOPPED = "stopped", "Stopped"
-    DELETING = "deleting", "Deleting"
-
-
-# The transitions are written once here; every status write goes through
-# services.actions.service_transition, which refuses anything not listed.
-SERVICE_TRANSITIONS: dict[str, frozenset[str]] = {
-    ServiceStatus.DEPLOYING: frozenset({ServiceStatus.RUNNING, ServiceStatus.FAILED, ServiceStatus.DELETING}),
-    ServiceStatus.RUNNING: frozenset(
-        {ServiceStatus.ALARM, ServiceStatus.ABNORMAL, ServiceStatus.STOPPING, ServiceStatus.DELETING}
-    ),
-    ServiceStatus.ALARM: frozenset(
-        {ServiceStatus.RUNNING, ServiceStatus.ABNORMAL, ServiceStatus.STOPPING, ServiceStatus.DELETING}
-    ),
-    ServiceStatus.ABNORMAL: frozenset(
-        {ServiceStatus.RUNNING, ServiceStatus.ALARM, ServiceStatus.STOPPING, ServiceStatus.DELETING}
-    ),
-    ServiceStatus.FAILED: frozenset({ServiceStatus.DEPLOYING, ServiceStatus.DELETING}),
-    ServiceStatus.STOPPING: frozenset({ServiceStatus.STOPPED, ServiceStatus.DELETING}),
-    ServiceStatus.STOPPED: frozenset({ServiceStatus.DEPLOYING, ServiceStatus.DELETING}),
-    ServiceStatus.DELETING: frozenset(),
-}
-
-TRANSITIONAL_STATUSES = frozenset({ServiceStatus.DEPLOYING, ServiceStatus.STOPPING, ServiceStatus.DELETING})
-SERVING_STATUSES = frozenset({ServiceStatus.RUNNING, ServiceStatus.ALARM, ServiceStatus.ABNORMAL})
-
 
 class Service(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -136,8 +100,22 @@ class Service(models.Model):
     def is_transitional(self) -> bool:
         return self.status in TRANSITIONAL_STATUSES
 
-    def can_become(self, status: str) -> bool:
-        return status in SERVICE_TRANSITIONS[self.status]
+    @property
+    def is_callable(self) -> bool:
+        """The gateway routes calls to it (it may still have no healthy instance)."""
+        return self.status in CALLABLE_STATUSES
+
+    @property
+    def can_start(self) -> bool:
+        return can_transition(self.status, ServiceStatus.DEPLOYING)
+
+    @property
+    def can_stop(self) -> bool:
+        return can_transition(self.status, ServiceStatus.STOPPING)
+
+    @property
+    def can_delete(self) -> bool:
+        return can_transition(self.status, ServiceStatus.DELETING)
 
 
 class ServiceVersionConfig(models.Model):
@@ -168,14 +146,6 @@ class Instance(models.Model):
     """One container of a service. Written before its container is created, so
     the reconcile loop never mistakes a container being created for an orphan."""
 
-    class State(models.TextChoices):
-        PENDING = "pending", "Pending"
-        CREATED = "created", "Created"
-        RUNNING = "running", "Running"
-        EXITED = "exited", "Exited"
-        MISSING = "missing", "Missing"
-        STOPPED = "stopped", "Stopped"
-
     service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="instances")
     config = models.ForeignKey(ServiceVersionConfig, on_delete=models.CASCADE, related_name="instances")
     index = models.PositiveIntegerField()
@@ -183,7 +153,7 @@ class Instance(models.Model):
     container_name = models.CharField(max_length=128, unique=True)
     container_id = models.CharField(max_length=64, blank=True)
     host_port = models.PositiveIntegerField(null=True, blank=True)
-    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    state = models.CharField(max_length=16, choices=InstanceState.choices, default=InstanceState.PENDING)
     is_healthy = models.BooleanField(default=False)
     restart_count = models.PositiveIntegerField(default=0)
     # Restarts since the instance was last seen healthy; the reconcile loop

@@ -21,6 +21,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile
 
 from access.actions import console_token_issue
+from services.contract import ErrorCode, infer_url
 from services.validation import RequestInvalid
 
 SAMPLE_BODY = '{"instances": [[1, 2, 3]]}'
@@ -195,7 +196,7 @@ class GatewayUnreachable(Exception):
 
 
 def gateway_url(service_id, path: str = "") -> str:
-    url = f"{settings.GATEWAY_URL.rstrip('/')}/v1/infers/{service_id}"
+    url = infer_url(settings.GATEWAY_URL, service_id)
     return f"{url}/{path}" if path else url
 
 
@@ -282,4 +283,4 @@ def service_predict(*, session, user, service_id, request: PredictionInput) -> G
 
 
 def _is_token_rejected(reply: GatewayReply) -> bool:
-    return reply.status == 401 and reply.error_code == "RTS.4011"
+    return reply.status == 401 and reply.error_code == ErrorCode.BAD_CREDENTIALS

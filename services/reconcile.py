@@ -6,41 +6,30 @@ label-filtered call per engine, then:
 - restarts or recreates missing and exited instances of serving services and
   health-checks the running ones, setting Running / Alarm / Abnormal;
 - stops containers of Stopped services that are running again;
-- re-enqueues Deploying / Stopping / Deleting work whose task lease lapsed
-  (the worker died), so no transition is stranded;
+- reports Deploying / Stopping / Deleting work whose task lease lapsed (the
+  worker died) for services.tasks.reconcile_task to enqueue again, so no
+  transition is stranded;
 - refreshes engine capacity and re-checks images of versions still Checking.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
 from pools.models import Node
 from services import runtime
-from services.actions import (
-    _container_spec,
-    _enqueue,
-    _in_parallel,
-    ai_application_version_check_image,
-    service_event_add,
-)
-from services.models import (
-    SERVING_STATUSES,
-    AIApplicationVersion,
-    Instance,
-    Service,
-    ServiceEvent,
-    ServiceStatus,
-    VersionStatus,
-)
+from services.choices import SUPERVISED_STATUSES, TRANSITIONAL_STATUSES, InstanceState, ServiceStatus, VersionStatus
+from services.lifecycle import ai_application_version_check_image, container_spec, in_parallel
+from services.models import AIApplicationVersion, Instance, Service, ServiceEvent
 from services.probes import probe_health
+from services.transitions import service_event_add, service_transition
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +37,6 @@ RECONCILE_LOCK_KEY = 0x525453  # any constant; one reconcile at a time across al
 NODE_REFRESH_SECONDS = 30
 UNCLAIMED_GRACE_SECONDS = 10
 RESTART_BACKOFF_MAX_SECONDS = 300
-TASK_FOR_STATUS = {
-    ServiceStatus.DEPLOYING: "service_deploy_task",
-    ServiceStatus.STOPPING: "service_stop_task",
-    ServiceStatus.DELETING: "service_delete_task",
-}
 
 
 @dataclass
@@ -62,6 +46,12 @@ class ReconcileReport:
     status_changes: dict[str, str] = field(default_factory=dict)
     requeued: list[str] = field(default_factory=list)
     unreachable_nodes: list[str] = field(default_factory=list)
+    # (service id, status) of transitional work whose lease lapsed: the caller
+    # enqueues its task again.
+    lapsed: list[tuple[str, ServiceStatus]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
 
 
 def restart_backoff_seconds(crash_streak: int) -> float:
@@ -164,100 +154,144 @@ def _remove_orphans(nodes, containers, services, report: ReconcileReport) -> Non
                 log.warning("could not remove orphan %s: %s", name, exc)
 
 
-def _converge_serving(services, containers, report: ReconcileReport) -> None:
-    checks = []
-    for service in services.values():
-        if service.status not in SERVING_STATUSES:
-            continue
-        for instance in service.instances.all():
-            checks.append((service, instance))
+@dataclass(frozen=True)
+class InstanceCheck:
+    """What one cycle found out about one instance of a supervised service."""
 
-    def check(item) -> tuple[bool, str]:
-        service, instance = item
-        listed = containers.get(instance.node_id)
-        if listed is None:
-            return False, ""
-        info = listed.get(instance.container_name)
-        if info is not None and info.is_running:
-            if info.host_port != instance.host_port:
-                Instance.objects.filter(id=instance.id).update(host_port=info.host_port)
-                instance.host_port = info.host_port
-            healthy = instance.host_port is not None and probe_health(
-                settings.INSTANCE_HOST,
-                instance.host_port,
-                instance.config.app_version.health_path,
-                settings.HEALTH_PROBE_TIMEOUT_SECONDS,
-            )
-            return healthy, ""
-        # Missing or not running: bring it back. The new container is checked
-        # on the next cycle, once its server had a moment to start.
-        now = timezone.now()
-        backoff = restart_backoff_seconds(instance.crash_streak)
-        if instance.restarted_at is not None and (now - instance.restarted_at).total_seconds() < backoff:
-            return False, ""
-        if info is None:
-            what = "was missing"
-        elif info.state in ("exited", "dead"):
-            what = "had exited"
-        else:
-            what = f"was {info.state}"
-        streak = instance.crash_streak + 1
-        then = (
-            f" ({streak} times since it was last healthy; next try in {restart_backoff_seconds(streak):.0f} s)"
-            if streak > 1
-            else ""
-        )
-        try:
-            started = runtime.ensure_container_running(instance.node.docker_host, _container_spec(service, instance))
-        except runtime.EngineError as exc:
-            Instance.objects.filter(id=instance.id).update(crash_streak=streak, restarted_at=now)
-            return False, f"Instance {instance.container_name} {what}; restart failed: {exc}{then}"
-        Instance.objects.filter(id=instance.id).update(
-            container_id=started.container_id,
-            host_port=started.host_port,
-            state=Instance.State.RUNNING,
-            restart_count=instance.restart_count + 1,
-            crash_streak=streak,
-            restarted_at=now,
-        )
-        report.repaired.append(instance.container_name)
-        return False, f"Instance {instance.container_name} {what}; restarted it{then}"
+    is_healthy: bool
+    state: InstanceState | None = None  # None: unknown this cycle (its engine did not answer)
+    note: str = ""  # a line for the service's timeline
 
-    results = _in_parallel(check, checks)
+
+def _converge_serving(
+    services: dict[str, Service], containers: dict[int, dict[str, runtime.ContainerInfo]], report: ReconcileReport
+) -> None:
+    """Keep every instance of a Running, Alarm or Abnormal service running and
+    probed, then settle each service's status on how many answered."""
+    checks = [
+        (service, instance)
+        for service in services.values()
+        if service.status in SUPERVISED_STATUSES
+        for instance in service.instances.all()
+    ]
+    results = in_parallel(
+        lambda item: _instance_converge(item[0], item[1], containers.get(item[1].node_id), report), checks
+    )
     healthy_by_service: dict[str, list[bool]] = {}
-    for (service, instance), (healthy, note) in zip(checks, results, strict=True):
-        healthy_by_service.setdefault(str(service.id), []).append(healthy)
-        if healthy != instance.is_healthy or (healthy and instance.crash_streak):
-            Instance.objects.filter(id=instance.id).update(
-                is_healthy=healthy, **({"crash_streak": 0} if healthy else {})
-            )
-        if note:
-            service_event_add(service.id, note, level=ServiceEvent.Level.WARNING)
-
+    for (service, instance), result in zip(checks, results, strict=True):
+        healthy_by_service.setdefault(str(service.id), []).append(result.is_healthy)
+        _instance_record(instance, result)
+        if result.note:
+            service_event_add(service.id, result.note, level=ServiceEvent.Level.WARNING)
     for service_id, flags in healthy_by_service.items():
-        service = services[service_id]
-        ready = sum(flags)
-        if ready == len(flags):
-            wanted = ServiceStatus.RUNNING
-        elif ready:
-            wanted = ServiceStatus.ALARM
-        else:
-            wanted = ServiceStatus.ABNORMAL
-        if wanted == service.status:
-            continue
-        reason = "" if wanted == ServiceStatus.RUNNING else f"{ready}/{len(flags)} instance(s) healthy"
-        level = ServiceEvent.Level.INFO if wanted == ServiceStatus.RUNNING else ServiceEvent.Level.WARNING
-        # The status and its event commit together, so nobody sees one without
-        # the other. Only move from the status we read: a user's Stop or Delete
-        # since then wins.
-        with transaction.atomic():
-            moved = Service.objects.filter(id=service.id, status=service.status).update(
-                status=wanted, status_reason=reason, status_changed_at=timezone.now()
-            )
-            if moved:
-                report.status_changes[service.name] = wanted
-                label = ServiceStatus(wanted).label
-                service_event_add(service.id, f"{label}: {ready}/{len(flags)} instance(s) healthy", level=level)
+        _service_status_settle(services[service_id], ready=sum(flags), total=len(flags), report=report)
+
+
+def _instance_converge(
+    service: Service,
+    instance: Instance,
+    listed: dict[str, runtime.ContainerInfo] | None,
+    report: ReconcileReport,
+) -> InstanceCheck:
+    """Probe a running instance, or bring a missing or exited one back."""
+    if listed is None:
+        return InstanceCheck(is_healthy=False)
+    info = listed.get(instance.container_name)
+    if info is not None and info.is_running:
+        if info.host_port != instance.host_port:
+            Instance.objects.filter(id=instance.id).update(host_port=info.host_port)
+            instance.host_port = info.host_port
+        healthy = instance.host_port is not None and probe_health(
+            settings.INSTANCE_HOST,
+            instance.host_port,
+            instance.config.app_version.health_path,
+            settings.HEALTH_PROBE_TIMEOUT_SECONDS,
+        )
+        return InstanceCheck(is_healthy=healthy, state=InstanceState.RUNNING)
+    return _instance_restart(service, instance, info, report)
+
+
+def _instance_restart(
+    service: Service, instance: Instance, info: runtime.ContainerInfo | None, report: ReconcileReport
+) -> InstanceCheck:
+    """Start a missing or stopped container again, unless it is waiting out its
+    back-off. The new container is probed on the next cycle, once its server
+    had a moment to start."""
+    down = InstanceState.MISSING if info is None else InstanceState.EXITED
+    now = timezone.now()
+    backoff = restart_backoff_seconds(instance.crash_streak)
+    if instance.restarted_at is not None and (now - instance.restarted_at).total_seconds() < backoff:
+        return InstanceCheck(is_healthy=False, state=down)
+    if info is None:
+        what = "was missing"
+    elif info.state in ("exited", "dead"):
+        what = "had exited"
+    else:
+        what = f"was {info.state}"
+    streak = instance.crash_streak + 1
+    then = (
+        f" ({streak} times since it was last healthy; next try in {restart_backoff_seconds(streak):.0f} s)"
+        if streak > 1
+        else ""
+    )
+    try:
+        started = runtime.ensure_container_running(instance.node.docker_host, container_spec(service, instance))
+    except runtime.EngineError as exc:
+        Instance.objects.filter(id=instance.id).update(crash_streak=streak, restarted_at=now)
+        return InstanceCheck(
+            is_healthy=False, state=down, note=f"Instance {instance.container_name} {what}; restart failed: {exc}{then}"
+        )
+    Instance.objects.filter(id=instance.id).update(
+        container_id=started.container_id,
+        host_port=started.host_port,
+        state=InstanceState.RUNNING,
+        restart_count=instance.restart_count + 1,
+        crash_streak=streak,
+        restarted_at=now,
+    )
+    instance.state = InstanceState.RUNNING
+    report.repaired.append(instance.container_name)
+    return InstanceCheck(
+        is_healthy=False,
+        state=InstanceState.RUNNING,
+        note=f"Instance {instance.container_name} {what}; restarted it{then}",
+    )
+
+
+def _instance_record(instance: Instance, result: InstanceCheck) -> None:
+    """Write what changed: health, state, and a healthy instance's clean crash streak."""
+    changes: dict[str, object] = {}
+    if result.is_healthy != instance.is_healthy:
+        changes["is_healthy"] = result.is_healthy
+    if result.is_healthy and instance.crash_streak:
+        changes["crash_streak"] = 0
+    if result.state is not None and result.state != instance.state:
+        changes["state"] = result.state
+    if changes:
+        Instance.objects.filter(id=instance.id).update(**changes)
+
+
+def _service_status_settle(service: Service, *, ready: int, total: int, report: ReconcileReport) -> None:
+    """Running when every instance answers, Alarm when some do, Abnormal when none do."""
+    if ready == total:
+        wanted = ServiceStatus.RUNNING
+    elif ready:
+        wanted = ServiceStatus.ALARM
+    else:
+        wanted = ServiceStatus.ABNORMAL
+    if wanted == service.status:
+        return
+    # Only move from the status we read: a user's Stop or Delete since then wins.
+    moved = service_transition(
+        service.id,
+        to=wanted,
+        from_=ServiceStatus(service.status),
+        reason="" if wanted == ServiceStatus.RUNNING else f"{ready}/{total} instance(s) healthy",
+        event=f"{wanted.label}: {ready}/{total} instance(s) healthy",
+        event_level=ServiceEvent.Level.INFO if wanted == ServiceStatus.RUNNING else ServiceEvent.Level.WARNING,
+    )
+    if moved:
+        report.status_changes[service.name] = wanted
 
 
 def _stop_strays(services, containers) -> None:
@@ -275,8 +309,7 @@ def _stop_strays(services, containers) -> None:
 
 def _requeue_lapsed(services, now, report: ReconcileReport) -> None:
     for service in services.values():
-        task_name = TASK_FOR_STATUS.get(service.status)
-        if task_name is None:
+        if service.status not in TRANSITIONAL_STATUSES:
             continue
         if service.lease_expires_at is None:
             lapsed = now - service.status_changed_at > timedelta(seconds=UNCLAIMED_GRACE_SECONDS)
@@ -284,7 +317,7 @@ def _requeue_lapsed(services, now, report: ReconcileReport) -> None:
             lapsed = service.lease_expires_at < now
         if lapsed:
             report.requeued.append(service.name)
-            _enqueue(task_name, str(service.id))
+            report.lapsed.append((str(service.id), ServiceStatus(service.status)))
 
 
 def _recheck_versions(now) -> None:

@@ -8,16 +8,16 @@ from django.db.models import Count, Prefetch, Q, QuerySet, Sum
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
-from gateway.stats import LATENCY_BUCKET_COUNT, percentile_ms
+from services.choices import TRANSITIONAL_STATUSES, VersionStatus
+from services.contract import LATENCY_BUCKET_COUNT, percentile_ms
 from services.models import (
-    TRANSITIONAL_STATUSES,
     AIApplication,
     AIApplicationVersion,
     Instance,
     Service,
     ServiceCallStat,
+    ServiceEvent,
     ServiceVersionConfig,
-    VersionStatus,
 )
 
 
@@ -50,12 +50,17 @@ def service_get_for(user, service_id) -> Service:
 
 
 def service_detail_for(user, service_id) -> Service:
-    service = service_get_for(user, service_id)
-    service.instance_rows = list(
-        Instance.objects.filter(service=service).select_related("node", "config__app_version__application")
+    """One of the user's services with its instances (`instance_rows`) and its
+    newest 200 events (`event_rows`), or 404."""
+    services = service_list_for(user).prefetch_related(
+        Prefetch(
+            "instances",
+            queryset=Instance.objects.select_related("node", "config__app_version__application"),
+            to_attr="instance_rows",
+        ),
+        Prefetch("events", queryset=ServiceEvent.objects.order_by("-created_at", "-id")[:200], to_attr="event_rows"),
     )
-    service.event_rows = list(service.events.order_by("-created_at", "-id")[:200])
-    return service
+    return get_object_or_404(services, id=service_id)
 
 
 def ai_application_list_for(user) -> QuerySet[AIApplication]:
@@ -80,24 +85,6 @@ def deployable_versions_for(user) -> QuerySet[AIApplicationVersion]:
         .select_related("application")
         .order_by("application__name", "-created_at")
     )
-
-
-def instance_logs_for(instances: list[Instance]) -> list[tuple[Instance, str]]:
-    """Each instance with the last lines of its container's log, read from its engine."""
-    from django.conf import settings
-
-    from services import runtime
-
-    logs = []
-    for instance in instances:
-        try:
-            text = runtime.container_logs(
-                instance.node.docker_host, instance.container_name, tail=settings.CONTAINER_LOG_TAIL_LINES
-            )
-        except runtime.EngineError as exc:
-            text = f"(logs unavailable: {exc})"
-        logs.append((instance, text))
-    return logs
 
 
 # --- Call statistics ------------------------------------------------------------

@@ -1,34 +1,52 @@
-"""Celery tasks: thin interfaces that load by id and call one action.
+"""Celery tasks: thin interfaces that load by id and call one function.
 
-Every task here is safe to run twice; the actions claim their work first.
+Every task here is safe to run twice; the lifecycle functions claim their work first.
 """
 
-from celery import shared_task
+from __future__ import annotations
 
-from services import actions, reconcile
+from typing import Any
+
+from celery import Task, shared_task
+
+from services import lifecycle, reconcile
+from services.choices import ServiceStatus
 
 
 @shared_task
 def service_deploy_task(service_id: str) -> str:
-    return actions.service_deploy_run(service_id=service_id)
+    return lifecycle.service_deploy_run(service_id=service_id)
 
 
 @shared_task
 def service_stop_task(service_id: str) -> str:
-    return actions.service_stop_run(service_id=service_id)
+    return lifecycle.service_stop_run(service_id=service_id)
 
 
 @shared_task
 def service_delete_task(service_id: str) -> str:
-    return actions.service_delete_run(service_id=service_id)
+    return lifecycle.service_delete_run(service_id=service_id)
 
 
 @shared_task
 def version_check_image_task(version_id: int) -> str | None:
-    return actions.ai_application_version_check_image(version_id=version_id)
+    return lifecycle.ai_application_version_check_image(version_id=version_id)
+
+
+# The task that carries a service out of each transitional status.
+TASK_FOR_STATUS: dict[ServiceStatus, Task] = {
+    ServiceStatus.DEPLOYING: service_deploy_task,
+    ServiceStatus.STOPPING: service_stop_task,
+    ServiceStatus.DELETING: service_delete_task,
+}
 
 
 @shared_task
-def reconcile_task() -> dict | None:
+def reconcile_task() -> dict[str, Any] | None:
+    """One reconcile cycle; then re-enqueue the work whose worker died."""
     report = reconcile.reconcile()
-    return None if report is None else report.__dict__
+    if report is None:
+        return None
+    for service_id, status in report.lapsed:
+        TASK_FOR_STATUS[status].delay(service_id)
+    return report.as_dict()

@@ -15,7 +15,8 @@ from django.conf import settings
 
 from pools.models import Flavor, ResourcePool
 from pools.selectors import flavor_options_for_pool, pool_list_for
-from services.models import AIApplicationVersion, Service, VersionStatus
+from services.choices import VersionStatus
+from services.models import AIApplicationVersion, Service
 
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

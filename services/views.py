@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from access import actions as access_actions
 from access import selectors as access_selectors
 from pools.selectors import flavor_options_for_pool, pool_list_for
-from services import actions, prediction, selectors
+from services import actions, logs, prediction, selectors
 from services.charts import calls_bar_chart
 from services.forms import deploy_data_from_post, deploy_form_context, version_data_from_post
 from services.validation import RequestInvalid, parse_deploy_request, parse_version_request
@@ -96,7 +96,7 @@ def _detail_page(request: HttpRequest, service_id, tab: str, *, status: int = 20
         "api_url": prediction.gateway_url(service.id),
     }
     if tab == "overview":
-        context["instance_logs"] = selectors.instance_logs_for(service.instance_rows)
+        context["instance_logs"] = logs.instance_logs_read(service.instance_rows)
     elif tab == "prediction":
         context.update(_prediction_context(extra.pop("data", None)))
     elif tab == "usage":

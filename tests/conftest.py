@@ -12,7 +12,8 @@ from django.conf import settings
 
 from pools.models import Flavor, Node, ResourcePool
 from services import runtime
-from services.models import AIApplication, AIApplicationVersion, Service, VersionStatus
+from services.choices import VersionStatus
+from services.models import AIApplication, AIApplicationVersion, Service
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_IMAGE_V1 = "rts-demo-model:1.0.0"
@@ -328,7 +329,8 @@ def console_gateway(gateway_url, settings) -> str:
 def running_demo_service(engine, transactional_db, owner, pool, flavors, demo_version) -> Service:
     """The demo model (rts-demo-model:1.0.0) deployed with service_deploy_run in
     the test's thread: Running, one healthy instance."""
-    from services.actions import service_create, service_deploy_run
+    from services.actions import service_create
+    from services.lifecycle import service_deploy_run
     from services.validation import parse_deploy_request
 
     request = parse_deploy_request(owner=owner, data=deploy_data(demo_version, name="demo-svc"))
@@ -342,10 +344,11 @@ def running_demo_service(engine, transactional_db, owner, pool, flavors, demo_ve
 def enqueued(monkeypatch):
     """Record the tasks actions enqueue instead of sending them: for tests that run
     the task bodies inline and want no worker to pick the same work up later."""
-    from services import actions
+    from services import tasks
 
-    calls = []
-    monkeypatch.setattr(actions, "_enqueue", lambda task_name, *args: calls.append((task_name, *args)))
+    calls: list[tuple] = []
+    for name in ("service_deploy_task", "service_stop_task", "service_delete_task", "version_check_image_task"):
+        monkeypatch.setattr(getattr(tasks, name), "delay", lambda *args, _name=name: calls.append((_name, *args)))
     return calls
 
 

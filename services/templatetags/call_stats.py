@@ -1,6 +1,6 @@
 from django import template
 
-from gateway.stats import LATENCY_BUCKETS_MS
+from services.contract import LATENCY_BUCKETS_MS
 
 register = template.Library()
 

@@ -11,7 +11,8 @@ from django.urls import reverse
 
 from access.actions import app_code_create
 from access.models import AppCode
-from services.models import Service, ServiceStatus, ServiceVersionConfig
+from services.choices import ServiceStatus
+from services.models import Service, ServiceVersionConfig
 
 pytestmark = pytest.mark.django_db
 

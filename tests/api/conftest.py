@@ -7,7 +7,8 @@ from django.test import Client
 
 from access.actions import access_token_create
 from pools.models import Node
-from services.models import Instance, Service, ServiceEvent, ServiceStatus, ServiceVersionConfig
+from services.choices import InstanceState, ServiceStatus
+from services.models import Instance, Service, ServiceEvent, ServiceVersionConfig
 
 API = "/api/v1"
 
@@ -84,7 +85,7 @@ def add_instance(service, *, index: int = 0, host_port: int = 32768, is_healthy:
         node=Node.objects.get(pool=service.pool),
         container_name=f"rts-{service.id}-0-{index}",
         host_port=host_port,
-        state=Instance.State.RUNNING,
+        state=InstanceState.RUNNING,
         is_healthy=is_healthy,
     )
 

@@ -7,9 +7,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from access.actions import access_token_create, access_token_revoke, secret_hash
+from access.actions import access_token_create, access_token_revoke
 from access.forms import TokenRequestInvalid, token_request_parse
 from access.models import AccessToken
+from services.contract import secret_hash
 from tests.api.conftest import API, ApiClient
 
 pytestmark = pytest.mark.django_db

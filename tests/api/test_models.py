@@ -3,7 +3,8 @@ versions, with the register form's rules and messages."""
 
 import pytest
 
-from services.models import AIApplication, AIApplicationVersion, Service, VersionStatus
+from services.choices import VersionStatus
+from services.models import AIApplication, AIApplicationVersion, Service
 from services.validation import RequestInvalid, parse_version_request
 from tests.api.conftest import make_service
 from tests.conftest import DEMO_IMAGE_V1, make_version

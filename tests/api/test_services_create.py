@@ -7,14 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from pools.models import Node, ResourcePool
-from services.models import (
-    Instance,
-    Service,
-    ServiceEvent,
-    ServiceStatus,
-    ServiceVersionConfig,
-    VersionStatus,
-)
+from services.choices import ServiceStatus, VersionStatus
+from services.models import Instance, Service, ServiceEvent, ServiceVersionConfig
 from services.validation import RequestInvalid, parse_deploy_request
 from tests.api.conftest import make_service
 from tests.conftest import make_version

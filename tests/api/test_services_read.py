@@ -5,7 +5,8 @@ import uuid
 
 import pytest
 
-from services.models import ServiceEvent, ServiceStatus
+from services.choices import ServiceStatus
+from services.models import ServiceEvent
 from tests.api.conftest import add_event, add_instance, make_service
 from tests.conftest import make_version
 

@@ -4,7 +4,8 @@ and 404 for another user's service."""
 
 import pytest
 
-from services.models import Service, ServiceEvent, ServiceStatus
+from services.choices import ServiceStatus
+from services.models import Service, ServiceEvent
 from tests.api.conftest import make_service
 from tests.conftest import make_version
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from services.models import Service, ServiceStatus
+from services.choices import ServiceStatus
+from services.models import Service
 from tests.e2e.conftest import ARTIFACTS, log_in
 
 pytestmark = pytest.mark.browser

@@ -22,9 +22,10 @@ from django.utils import timezone
 
 from access.actions import access_token_create, access_token_revoke, app_code_create, app_code_revoke
 from access.models import AccessToken
-from services import actions
-from services.actions import service_create, service_deploy_run, service_stop, service_stop_run
-from services.models import Instance, Service, ServiceCallStat, ServiceStatus
+from services.actions import service_create, service_stop
+from services.choices import ServiceStatus
+from services.lifecycle import service_deploy_run, service_stop_run
+from services.models import Instance, Service, ServiceCallStat
 from services.reconcile import reconcile
 from services.validation import parse_deploy_request
 from tests.conftest import deploy_data, free_port, make_version, start_gateway, stop_gateway
@@ -101,9 +102,8 @@ def token_headers(token: str) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _no_queue(monkeypatch):
+def _no_queue(enqueued):
     """Deploys and stops run inline here; nothing is left queued for a worker."""
-    monkeypatch.setattr(actions, "_enqueue", lambda task_name, *args: None)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,9 @@ from collections import Counter
 
 import pytest
 
-from gateway.routing import AuthResult, RoutingTable, ServiceRoute, VersionRoute, authorize, build_table, secret_hash
-from gateway.stats import LATENCY_BUCKET_COUNT, LATENCY_BUCKETS_MS, CallStats, percentile_ms
+from gateway.routing import AuthResult, RoutingTable, ServiceRoute, VersionRoute, authorize, build_table
+from gateway.stats import CallStats
+from services.contract import LATENCY_BUCKET_COUNT, LATENCY_BUCKETS_MS, percentile_ms, secret_hash
 
 HOST = "127.0.0.1"
 NOW = 1_700_000_000.0

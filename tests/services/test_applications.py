@@ -8,8 +8,9 @@ import pytest
 from django.urls import reverse
 
 from pools.models import Node, ResourcePool
-from services import actions
-from services.models import AIApplication, AIApplicationVersion, Service, ServiceVersionConfig, VersionStatus
+from services import lifecycle
+from services.choices import VersionStatus
+from services.models import AIApplication, AIApplicationVersion, Service, ServiceVersionConfig
 from tests.conftest import DEMO_IMAGE_V1, make_version
 
 pytestmark = pytest.mark.django_db
@@ -159,7 +160,7 @@ def test_register_page_prefills_the_application_to_add_a_version_to(owner_client
 def test_version_whose_image_is_on_the_engine_becomes_normal(engine, pool, owner):
     version = make_version(owner, image=DEMO_IMAGE_V1, status=VersionStatus.CHECKING)
 
-    assert actions.ai_application_version_check_image(version_id=version.id) == VersionStatus.NORMAL
+    assert lifecycle.ai_application_version_check_image(version_id=version.id) == VersionStatus.NORMAL
 
     version.refresh_from_db()
     assert (version.status, version.status_reason) == (VersionStatus.NORMAL, "")
@@ -168,7 +169,7 @@ def test_version_whose_image_is_on_the_engine_becomes_normal(engine, pool, owner
 def test_version_whose_image_is_missing_becomes_failed_with_the_reason(engine, pool, owner):
     version = make_version(owner, image="rts-no-such-image:9.9.9", status=VersionStatus.CHECKING)
 
-    assert actions.ai_application_version_check_image(version_id=version.id) == VersionStatus.FAILED
+    assert lifecycle.ai_application_version_check_image(version_id=version.id) == VersionStatus.FAILED
 
     version.refresh_from_db()
     assert version.status == VersionStatus.FAILED
@@ -178,8 +179,8 @@ def test_version_whose_image_is_missing_becomes_failed_with_the_reason(engine, p
 def test_image_check_is_safe_to_repeat(engine, pool, owner):
     version = make_version(owner, image=DEMO_IMAGE_V1, status=VersionStatus.CHECKING)
 
-    actions.ai_application_version_check_image(version_id=version.id)
-    actions.ai_application_version_check_image(version_id=version.id)
+    lifecycle.ai_application_version_check_image(version_id=version.id)
+    lifecycle.ai_application_version_check_image(version_id=version.id)
 
     version.refresh_from_db()
     assert version.status == VersionStatus.NORMAL
@@ -188,7 +189,7 @@ def test_image_check_is_safe_to_repeat(engine, pool, owner):
 def test_image_check_without_engines_fails_with_the_reason(db, owner):
     version = make_version(owner, status=VersionStatus.CHECKING)
 
-    actions.ai_application_version_check_image(version_id=version.id)
+    lifecycle.ai_application_version_check_image(version_id=version.id)
 
     version.refresh_from_db()
     assert version.status == VersionStatus.FAILED
@@ -200,7 +201,7 @@ def test_image_check_with_no_engine_answering_keeps_checking_with_the_reason(db,
     Node.objects.create(pool=down, name="down-1", docker_host="tcp://127.0.0.1:1", is_reachable=True)
     version = make_version(owner, status=VersionStatus.CHECKING)
 
-    assert actions.ai_application_version_check_image(version_id=version.id) == VersionStatus.CHECKING
+    assert lifecycle.ai_application_version_check_image(version_id=version.id) == VersionStatus.CHECKING
 
     version.refresh_from_db()
     assert version.status == VersionStatus.CHECKING
@@ -212,7 +213,7 @@ def test_image_check_finds_the_image_on_any_engine(engine, pool, owner):
     Node.objects.create(pool=pool, name="down-1", docker_host="tcp://127.0.0.1:1", is_reachable=True)
     version = make_version(owner, image=DEMO_IMAGE_V1, status=VersionStatus.CHECKING)
 
-    assert actions.ai_application_version_check_image(version_id=version.id) == VersionStatus.NORMAL
+    assert lifecycle.ai_application_version_check_image(version_id=version.id) == VersionStatus.NORMAL
 
 
 def test_registered_version_becomes_normal_and_is_offered_by_the_deploy_wizard(
@@ -224,7 +225,7 @@ def test_registered_version_becomes_normal_and_is_offered_by_the_deploy_wizard(
     version = AIApplicationVersion.objects.get()
     assert _deploy_select_values(owner_client) == set()
 
-    actions.ai_application_version_check_image(version_id=version.id)
+    lifecycle.ai_application_version_check_image(version_id=version.id)
 
     assert _deploy_select_values(owner_client) == {str(version.id)}
 

@@ -10,14 +10,8 @@ from django.urls import reverse
 from django.utils.html import escape
 
 from pools.models import Node, ResourcePool
-from services.models import (
-    Instance,
-    Service,
-    ServiceEvent,
-    ServiceStatus,
-    ServiceVersionConfig,
-    VersionStatus,
-)
+from services.choices import ServiceStatus, VersionStatus
+from services.models import Instance, Service, ServiceEvent, ServiceVersionConfig
 from services.validation import RequestInvalid, parse_deploy_request
 from tests.conftest import deploy_data, make_version
 

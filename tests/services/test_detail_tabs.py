@@ -8,7 +8,8 @@ import re
 import pytest
 from django.urls import reverse
 
-from services.models import Service, ServiceStatus, ServiceVersionConfig
+from services.choices import ServiceStatus
+from services.models import Service, ServiceVersionConfig
 
 pytestmark = pytest.mark.django_db
 

@@ -15,14 +15,10 @@ from django.db import connections
 
 from pools.models import Node, ResourcePool
 from services import runtime
-from services.actions import (
-    service_delete,
-    service_delete_run,
-    service_deploy_run,
-    service_start,
-    service_stop,
-)
-from services.models import Instance, Service, ServiceEvent, ServiceStatus, ServiceVersionConfig
+from services.actions import service_delete, service_start, service_stop
+from services.choices import InstanceState, ServiceStatus
+from services.lifecycle import service_delete_run, service_deploy_run
+from services.models import Instance, Service, ServiceEvent, ServiceVersionConfig
 from services.reconcile import reconcile
 from tests.conftest import containers_of, create_service, make_version, wait_for_status
 
@@ -65,7 +61,7 @@ def test_deploy_runs_every_instance_healthy_and_locked_down(engine, docker_clien
     assert service.lease_token is None
     instances = list(service.instances.order_by("index"))
     assert [i.index for i in instances] == [0, 1]
-    assert all(i.is_healthy and i.state == Instance.State.RUNNING for i in instances)
+    assert all(i.is_healthy and i.state == InstanceState.RUNNING for i in instances)
     assert len({i.host_port for i in instances}) == 2
 
     for instance in instances:
@@ -144,7 +140,7 @@ def test_deploy_that_never_gets_healthy_fails_on_timeout_with_the_logs(
     )
     assert service.lease_token is None
     assert containers_of(docker_client, service.id) == []
-    assert set(service.instances.values_list("state", flat=True)) == {Instance.State.MISSING}
+    assert set(service.instances.values_list("state", flat=True)) == {InstanceState.MISSING}
 
     failure = ServiceEvent.objects.get(service=service, level=ServiceEvent.Level.ERROR)
     assert failure.message == f"Failed: {service.status_reason}"
@@ -335,7 +331,7 @@ class TestLifecycleThroughCelery:
         containers = containers_of(docker_client, service.id)
         assert sorted(c.id for c in containers) == ids  # stopped, not removed
         assert {c.status for c in containers} == {"exited"}
-        assert set(service.instances.values_list("state", flat=True)) == {Instance.State.STOPPED}
+        assert set(service.instances.values_list("state", flat=True)) == {InstanceState.STOPPED}
         assert not service.instances.filter(is_healthy=True).exists()
 
         service_start(service=service)
@@ -375,7 +371,7 @@ class TestLifecycleThroughCelery:
         service = create_service(owner, make_version(owner), envs={"CRASH_ON_START": "1"})
         service = wait_for_status(service.id, ServiceStatus.FAILED, 30)
         (instance,) = service.instances.all()
-        assert instance.state == Instance.State.MISSING
+        assert instance.state == InstanceState.MISSING
 
         # Whatever made it crash is fixed; starting it again deploys a fresh container.
         ServiceVersionConfig.objects.filter(service=service).update(envs={})

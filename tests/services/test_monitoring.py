@@ -10,10 +10,11 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from gateway.stats import LATENCY_BUCKET_COUNT, LATENCY_BUCKETS_MS
 from services import selectors
 from services.charts import BOTTOM, HEIGHT, TOP, calls_bar_chart, nice_ceiling
-from services.models import Service, ServiceCallStat, ServiceStatus, ServiceVersionConfig
+from services.choices import ServiceStatus
+from services.contract import LATENCY_BUCKET_COUNT, LATENCY_BUCKETS_MS
+from services.models import Service, ServiceCallStat, ServiceVersionConfig
 from tests.conftest import make_version
 
 pytestmark = pytest.mark.django_db

@@ -17,7 +17,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from access.models import AccessToken
-from services.models import Service, ServiceCallStat, ServiceStatus, ServiceVersionConfig
+from services.choices import ServiceStatus
+from services.models import Service, ServiceCallStat, ServiceVersionConfig
 from services.prediction import SAMPLE_BODY, SESSION_KEY
 from tests.conftest import free_port, wait_for_gateway_reload
 

@@ -17,9 +17,10 @@ from django.db import connection
 from django.utils import timezone
 
 from pools.models import Node
-from services import actions, runtime
-from services.actions import service_deploy_run
-from services.models import AIApplicationVersion, Instance, Service, ServiceEvent, ServiceStatus
+from services import lifecycle, runtime
+from services.choices import ServiceStatus, VersionStatus
+from services.lifecycle import service_deploy_run
+from services.models import AIApplicationVersion, Instance, Service, ServiceEvent
 from services.reconcile import RECONCILE_LOCK_KEY, reconcile, restart_backoff_seconds
 from tests.conftest import DEMO_IMAGE_V1, containers_of, create_service, make_version, wait_for_status
 
@@ -94,12 +95,12 @@ def test_reconcile_keeps_containers_of_a_deploy_in_progress_and_removes_a_failed
 ):
     # A deploy that has written its rows and started one of two containers.
     deploying = create_service(owner, make_version(owner), name="deploying", instance_count=2)
-    first = actions._instances_plan(deploying)[0]
-    runtime.ensure_container_running(engine, actions._container_spec(deploying, first))
+    first = lifecycle.instances_plan(deploying)[0]
+    runtime.ensure_container_running(engine, lifecycle.container_spec(deploying, first))
     # A Failed service whose container removal did not happen (the engine hiccuped).
     failed = create_service(owner, make_version(owner, version="1.0.1"), name="failed")
-    failed_instance = actions._instances_plan(failed)[0]
-    runtime.ensure_container_running(engine, actions._container_spec(failed, failed_instance))
+    failed_instance = lifecycle.instances_plan(failed)[0]
+    runtime.ensure_container_running(engine, lifecycle.container_spec(failed, failed_instance))
     Service.objects.filter(id=failed.id).update(status=ServiceStatus.FAILED)
 
     report = reconcile()
@@ -350,8 +351,8 @@ class TestReconcileLoop:
         # instances and started one container; its lease ran out since.
         service = create_service(owner, make_version(owner), instance_count=2)
         assert enqueued == [("service_deploy_task", str(service.id))]  # swallowed: no task runs
-        first = actions._instances_plan(service)[0]
-        left = runtime.ensure_container_running(settings.DOCKER_HOST, actions._container_spec(service, first))
+        first = lifecycle.instances_plan(service)[0]
+        left = runtime.ensure_container_running(settings.DOCKER_HOST, lifecycle.container_spec(service, first))
         Service.objects.filter(id=service.id).update(
             lease_token=uuid.uuid4(), lease_expires_at=timezone.now() - timedelta(seconds=1)
         )
@@ -366,10 +367,10 @@ class TestReconcileLoop:
 
 
 def test_a_version_left_checking_is_checked_again_once_an_engine_answers(transactional_db, engine, pool, owner):
-    version = make_version(owner, image=DEMO_IMAGE_V1, status=actions.VersionStatus.CHECKING)
+    version = make_version(owner, image=DEMO_IMAGE_V1, status=VersionStatus.CHECKING)
     AIApplicationVersion.objects.filter(id=version.id).update(created_at=timezone.now() - timedelta(minutes=1))
 
     reconcile()
 
     version.refresh_from_db()
-    assert version.status == actions.VersionStatus.NORMAL
+    assert version.status == VersionStatus.NORMAL

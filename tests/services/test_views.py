@@ -8,16 +8,8 @@ import uuid
 import pytest
 from django.urls import reverse
 
-from services.models import (
-    AIApplication,
-    AIApplicationVersion,
-    Instance,
-    Service,
-    ServiceEvent,
-    ServiceStatus,
-    ServiceVersionConfig,
-    VersionStatus,
-)
+from services.choices import InstanceState, ServiceStatus, VersionStatus
+from services.models import AIApplication, AIApplicationVersion, Instance, Service, ServiceEvent, ServiceVersionConfig
 from tests.conftest import make_version
 
 pytestmark = pytest.mark.django_db
@@ -365,7 +357,7 @@ def detailed_service(owner, pool, flavors, demo_version) -> Service:
         node=node,
         container_name=f"rts-{service.id}-0-0",
         host_port=31999,
-        state=Instance.State.RUNNING,
+        state=InstanceState.RUNNING,
         is_healthy=True,
     )
     ServiceEvent.objects.create(service=service, message="Deployment queued: 1 instance(s) on pool public-cpu")

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from pools.models import Flavor, Node, ResourcePool
-from services.actions import ai_application_version_check_image
+from services.lifecycle import ai_application_version_check_image
 from services.models import AIApplication, AIApplicationVersion
 from services.reconcile import nodes_refresh
 

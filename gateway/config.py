@@ -1,0 +1,63 @@
+"""The gateway's settings: one typed object, read from the environment once.
+
+The console's settings module builds its GATEWAY_* values from the same object,
+so both sides read the same variables with the same defaults. The gateway
+itself never imports the console's settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.env import env_float, env_int, env_str
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    name: str
+    user: str
+    password: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_env(cls) -> DatabaseConfig:
+        return cls(
+            name=env_str("DATABASE_NAME", "console"),
+            user=env_str("DATABASE_USER", "postgres"),
+            password=env_str("DATABASE_PASSWORD", ""),
+            host=env_str("DATABASE_HOST", "127.0.0.1"),
+            port=env_int("DATABASE_PORT", 5432),
+        )
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    host: str
+    port: int
+    # Gateway processes sharing the port; 0 means one per core.
+    processes: int
+    call_timeout_seconds: float
+    max_body_bytes: int
+    # The timed full reload of the routing table.
+    refresh_seconds: float
+    # Where the engines publish the instances' ports.
+    instance_host: str
+    database: DatabaseConfig
+
+    @classmethod
+    def from_env(cls) -> GatewayConfig:
+        return cls(
+            host=env_str("GATEWAY_HOST", "127.0.0.1"),
+            port=env_int("GATEWAY_PORT", 8001),
+            processes=env_int("GATEWAY_PROCESSES", 0),
+            call_timeout_seconds=env_float("GATEWAY_CALL_TIMEOUT_SECONDS", 60.0),
+            max_body_bytes=env_int("GATEWAY_MAX_BODY_BYTES", 12 * 1024 * 1024),
+            refresh_seconds=env_float("GATEWAY_REFRESH_SECONDS", 0.5),
+            instance_host=env_str("INSTANCE_HOST", "127.0.0.1"),
+            database=DatabaseConfig.from_env(),
+        )
+
+    @property
+    def local_url(self) -> str:
+        return f"http://{self.host}:{self.port}"

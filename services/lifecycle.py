@@ -1,0 +1,385 @@
+"""The worker side of a service's life: deploy, stop and delete, as Celery runs them.
+
+Functions named `*_run` are the bodies of the tasks in services.tasks. Each
+one claims its work with a lease (a conditional update) before touching an
+engine, so running it twice, or on two workers at once, does the work once.
+Containers have deterministic names, so a second run adopts the first's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from django.conf import settings
+from django.db import connections
+from django.db.models import Q
+from django.utils import timezone
+
+from pools.models import Node
+from pools.selectors import node_pick_for
+from services import runtime
+from services.choices import InstanceState, ServiceStatus, VersionStatus
+from services.logs import container_log_excerpt_of
+from services.models import AIApplicationVersion, Instance, Service, ServiceEvent
+from services.probes import probe_health
+from services.transitions import service_event_add, service_transition
+
+log = logging.getLogger(__name__)
+
+# The deploy probes quickly for the first seconds (most servers are up in
+# one), then once a second: every failing probe can be a line in the server's
+# log, and probing at full speed for minutes would push the server's own
+# start-up lines out of the log tail that a failed deploy reports.
+DEPLOY_POLL_SECONDS = 0.05
+DEPLOY_POLL_FAST_FOR_SECONDS = 5.0
+DEPLOY_POLL_SLOW_SECONDS = 1.0
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+# --- Leases ------------------------------------------------------------------------
+
+
+def lease_claim(service_id: uuid.UUID | str, status: ServiceStatus) -> uuid.UUID | None:
+    """Take the work on a service in `status` unless a live lease holds it; the token, or None."""
+    now = timezone.now()
+    token = uuid.uuid4()
+    won = (
+        Service.objects.filter(id=service_id, status=status)
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+        .update(lease_token=token, lease_expires_at=now + timedelta(seconds=settings.TASK_LEASE_SECONDS))
+    )
+    return token if won else None
+
+
+def lease_renew(service_id: uuid.UUID | str, token: uuid.UUID, status: ServiceStatus) -> bool:
+    """Extend a held lease; False when it was lost (the status moved on)."""
+    return bool(
+        Service.objects.filter(id=service_id, status=status, lease_token=token).update(
+            lease_expires_at=timezone.now() + timedelta(seconds=settings.TASK_LEASE_SECONDS)
+        )
+    )
+
+
+def lease_release_for_retry(service_id: uuid.UUID | str, token: uuid.UUID) -> None:
+    """Let a held lease lapse now, so the reconcile loop re-enqueues the work soon."""
+    Service.objects.filter(id=service_id, lease_token=token).update(lease_expires_at=timezone.now())
+
+
+# --- Containers ----------------------------------------------------------------------
+
+
+def container_name_for(service_id: uuid.UUID | str, position: int, index: int) -> str:
+    return f"rts-{service_id}-{position}-{index}"
+
+
+def container_spec(service: Service, instance: Instance) -> runtime.ContainerSpec:
+    """What the engine should run for one instance: image, limits, labels, port."""
+    config = instance.config
+    version = config.app_version
+    return runtime.ContainerSpec(
+        name=instance.container_name,
+        image=version.image,
+        container_port=version.container_port,
+        cpus=float(config.flavor.cpus),
+        memory_mib=config.flavor.memory_mib,
+        environment={str(k): str(v) for k, v in (config.envs or {}).items()},
+        labels={
+            runtime.LABEL_MANAGED: "1",
+            runtime.LABEL_CONSOLE: settings.CONSOLE_ID,
+            runtime.LABEL_SERVICE: str(service.id),
+            runtime.LABEL_CONFIG: str(config.id),
+            runtime.LABEL_VERSION: f"{version.application.name}:{version.version}",
+            runtime.LABEL_INSTANCE: str(instance.index),
+        },
+        publish_host=settings.INSTANCE_HOST,
+    )
+
+
+def instances_plan(service: Service) -> list[Instance]:
+    """The service's Instance rows, one per compute node of each configuration,
+    created (and placed on a node) where missing. Rows are written before any
+    container exists, so the reconcile loop knows every container we create."""
+    configs = list(service.configs.select_related("app_version__application", "flavor"))
+    existing = {(i.config_id, i.index): i for i in service.instances.select_related("node")}
+    extra_load: dict[int, int] = {}
+    wanted = []
+    for config in configs:
+        for index in range(config.instance_count):
+            instance = existing.pop((config.id, index), None)
+            if instance is None:
+                node = node_pick_for(service.pool, config.flavor, extra_load)
+                if node is None:
+                    raise runtime.EngineError(
+                        f"no reachable engine in pool {service.pool.name} fits {config.flavor.display_name}"
+                    )
+                extra_load[node.id] = extra_load.get(node.id, 0) + 1
+                instance = Instance.objects.create(
+                    service=service,
+                    config=config,
+                    index=index,
+                    node=node,
+                    container_name=container_name_for(service.id, config.position, index),
+                )
+                instance.node = node
+            instance.config = config
+            wanted.append(instance)
+    for leftover in existing.values():
+        runtime.remove_container(leftover.node.docker_host, leftover.container_name)
+        leftover.delete()
+    return wanted
+
+
+def containers_remove(instances: list[Instance]) -> None:
+    """Remove the instances' containers (best effort: the reconcile loop retries) and mark them Missing."""
+
+    def remove(instance: Instance) -> None:
+        try:
+            runtime.remove_container(instance.node.docker_host, instance.container_name)
+        except runtime.EngineError as exc:
+            log.warning("could not remove %s: %s (the reconcile loop will retry)", instance.container_name, exc)
+
+    in_parallel(remove, instances)
+    Instance.objects.filter(id__in=[i.id for i in instances]).update(
+        state=InstanceState.MISSING, is_healthy=False, container_id="", host_port=None
+    )
+
+
+def in_parallel(function: Callable[[Item], Result], items: list[Item]) -> list[Result]:
+    """function(item) for every item, on up to 16 threads; results in the items' order."""
+    if len(items) <= 1:
+        return [function(item) for item in items]
+
+    def run(item: Item) -> Result:
+        try:
+            return function(item)
+        finally:
+            # A pool thread that touched the database has its own connection;
+            # close it, or it stays open until garbage collection finds it.
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+        return list(pool.map(run, items))
+
+
+# --- AI application versions -----------------------------------------------------------
+
+
+def ai_application_version_check_image(*, version_id: int) -> str | None:
+    """Mark a version Normal when an engine has its image, Failed when the
+    engines answer without it. When no engine answers, the version stays
+    Checking with the reason, and the reconcile loop checks it again. Safe to repeat."""
+    version = AIApplicationVersion.objects.filter(id=version_id).first()
+    if version is None:
+        return None
+    nodes = list(Node.objects.filter(is_enabled=True))
+    errors = []
+    for node in nodes:
+        try:
+            if runtime.image_exists(node.docker_host, version.image):
+                AIApplicationVersion.objects.filter(id=version_id).update(status=VersionStatus.NORMAL, status_reason="")
+                return VersionStatus.NORMAL
+        except runtime.EngineError as exc:
+            errors.append(str(exc))
+    if not nodes:
+        reason = "no engine is registered to check the image on"
+    elif len(errors) == len(nodes):
+        reason = "no engine answered yet, checking again: " + "; ".join(errors)
+        AIApplicationVersion.objects.filter(id=version_id).update(status_reason=reason[:300])
+        return VersionStatus.CHECKING
+    else:
+        reason = f"image {version.image} not found on the engine"
+    AIApplicationVersion.objects.filter(id=version_id).update(status=VersionStatus.FAILED, status_reason=reason[:300])
+    return VersionStatus.FAILED
+
+
+# --- Deploy ----------------------------------------------------------------------------
+
+
+def _deploy_fail(service: Service, token: uuid.UUID, reason: str, instances: list[Instance], detail: str) -> None:
+    containers_remove(instances)
+    service_transition(
+        service.id,
+        to=ServiceStatus.FAILED,
+        lease_token=token,
+        reason=reason,
+        event=f"Failed: {reason}",
+        event_level=ServiceEvent.Level.ERROR,
+        event_detail=detail,
+    )
+
+
+def deploy_deadline(service: Service) -> datetime:
+    """When a deploy gives up: the service's timeout after it turned Deploying."""
+    seconds = service.timeout_minutes * 60 * settings.SERVICE_TIMEOUT_SCALE
+    return service.status_changed_at + timedelta(seconds=seconds)
+
+
+class DeployFailed(Exception):
+    """The deploy cannot succeed; the reason and the detail go into the Failed event."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class LeaseLost(Exception):
+    """Another status took the service (a Delete): stop working on it."""
+
+
+def _containers_start(service: Service, instances: list[Instance]) -> list[runtime.ContainerInfo]:
+    """Create (or adopt) and start every instance's container."""
+
+    def start(instance: Instance) -> runtime.ContainerInfo:
+        return runtime.ensure_container_running(instance.node.docker_host, container_spec(service, instance))
+
+    return in_parallel(start, instances)
+
+
+def _instances_record_started(
+    service: Service, instances: list[Instance], started: list[runtime.ContainerInfo]
+) -> None:
+    """Write down where each started container listens; none is healthy yet."""
+    for instance, info in zip(instances, started, strict=True):
+        instance.container_id = info.container_id
+        instance.host_port = info.host_port
+        instance.state = InstanceState.RUNNING
+        instance.is_healthy = False
+        Instance.objects.filter(id=instance.id).update(
+            container_id=info.container_id,
+            host_port=info.host_port,
+            state=InstanceState.RUNNING,
+            is_healthy=False,
+            updated_at=timezone.now(),
+        )
+        service_event_add(service.id, f"Container {instance.container_name} started on {instance.node.name}")
+
+
+def _health_wait(service: Service, token: uuid.UUID, instances: list[Instance], deadline: datetime) -> None:
+    """Probe every instance until all answer their health path.
+
+    Raises DeployFailed on timeout or when a container exits, and LeaseLost
+    when a Delete takes the service meanwhile.
+    """
+    pending = list(instances)
+    last_renewal = polling_since = time.monotonic()
+    while pending:
+        if timezone.now() > deadline:
+            detail = "\n\n".join(f"== {i.container_name} ==\n{container_log_excerpt_of(i)}" for i in pending)
+            raise DeployFailed(
+                f"timed out after {service.timeout_minutes} minute(s): {len(pending)} instance(s) never "
+                f"answered the health check",
+                detail,
+            )
+        if time.monotonic() - last_renewal > settings.TASK_LEASE_SECONDS / 3:
+            if not lease_renew(service.id, token, ServiceStatus.DEPLOYING):
+                raise LeaseLost
+            last_renewal = time.monotonic()
+        for instance in list(pending):
+            version = instance.config.app_version
+            if probe_health(
+                settings.INSTANCE_HOST, instance.host_port, version.health_path, settings.HEALTH_PROBE_TIMEOUT_SECONDS
+            ):
+                pending.remove(instance)
+                Instance.objects.filter(id=instance.id).update(is_healthy=True, state=InstanceState.RUNNING)
+                service_event_add(service.id, f"Health check passed for {instance.container_name}")
+                continue
+            info = runtime.inspect_container(instance.node.docker_host, instance.container_name)
+            if info is None or info.state in ("exited", "dead"):
+                how = "disappeared" if info is None else f"exited with code {info.exit_code}"
+                raise DeployFailed(f"container {instance.container_name} {how}", container_log_excerpt_of(instance))
+        if pending:
+            is_fast = time.monotonic() - polling_since < DEPLOY_POLL_FAST_FOR_SECONDS
+            time.sleep(DEPLOY_POLL_SECONDS if is_fast else DEPLOY_POLL_SLOW_SECONDS)
+
+
+def service_deploy_run(*, service_id: uuid.UUID | str) -> str:
+    """Create (or reuse) one container per compute node, wait for every health
+    check, then mark the service Running; on timeout or a container exit, remove
+    the containers and mark it Failed with the reason and the last log lines.
+
+    Safe to repeat: claims the Deploying service with a lease first, and
+    containers have deterministic names, so a second run adopts the first's.
+    """
+    token = lease_claim(service_id, ServiceStatus.DEPLOYING)
+    if token is None:
+        return "not claimed"
+    service = Service.objects.select_related("pool").get(id=service_id)
+    deadline = deploy_deadline(service)
+    try:
+        instances = instances_plan(service)
+    except runtime.EngineError as exc:
+        _deploy_fail(service, token, str(exc), list(service.instances.select_related("node")), "")
+        return "failed"
+    try:
+        started = _containers_start(service, instances)
+    except runtime.EngineError as exc:
+        _deploy_fail(service, token, str(exc), instances, "")
+        return "failed"
+    if not lease_renew(service_id, token, ServiceStatus.DEPLOYING):
+        # A Delete took the service while the containers were being created;
+        # the reconcile loop removes the ones created after the delete ran.
+        return "lease lost"
+    _instances_record_started(service, instances, started)
+    try:
+        _health_wait(service, token, instances, deadline)
+    except DeployFailed as failure:
+        _deploy_fail(service, token, failure.reason, instances, failure.detail)
+        return "failed"
+    except LeaseLost:
+        return "lease lost"
+
+    running = f"Running: {len(instances)}/{len(instances)} instance(s) healthy"
+    if service_transition(service.id, to=ServiceStatus.RUNNING, lease_token=token, event=running):
+        return "running"
+    return "lease lost"
+
+
+# --- Stop and delete -------------------------------------------------------------------
+
+
+def service_stop_run(*, service_id: uuid.UUID | str) -> str:
+    """Stop every container of a Stopping service and mark it Stopped. Safe to repeat."""
+    token = lease_claim(service_id, ServiceStatus.STOPPING)
+    if token is None:
+        return "not claimed"
+    instances = list(Instance.objects.filter(service_id=service_id).select_related("node"))
+
+    def stop(instance: Instance) -> None:
+        runtime.stop_container(instance.node.docker_host, instance.container_name)
+
+    try:
+        in_parallel(stop, instances)
+    except runtime.EngineError as exc:
+        service_event_add(service_id, f"Stopping failed, will retry: {exc}", level=ServiceEvent.Level.WARNING)
+        lease_release_for_retry(service_id, token)
+        return "retry"
+    Instance.objects.filter(service_id=service_id).update(state=InstanceState.STOPPED, is_healthy=False)
+    stopped = f"Stopped: {len(instances)} container(s) stopped"
+    if service_transition(service_id, to=ServiceStatus.STOPPED, lease_token=token, event=stopped):
+        return "stopped"
+    return "lease lost"
+
+
+def service_delete_run(*, service_id: uuid.UUID | str) -> str:
+    """Remove every container of a Deleting service, then its row. Safe to repeat."""
+    token = lease_claim(service_id, ServiceStatus.DELETING)
+    if token is None:
+        return "not claimed"
+    instances = list(Instance.objects.filter(service_id=service_id).select_related("node"))
+    try:
+        in_parallel(lambda i: runtime.remove_container(i.node.docker_host, i.container_name), instances)
+    except runtime.EngineError as exc:
+        service_event_add(service_id, f"Deleting failed, will retry: {exc}", level=ServiceEvent.Level.WARNING)
+        lease_release_for_retry(service_id, token)
+        return "retry"
+    Service.objects.filter(id=service_id, status=ServiceStatus.DELETING, lease_token=token).delete()
+    return "deleted"
