@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 
 from pools.models import Flavor, ResourcePool
-from pools.selectors import flavor_options_for_pool, pool_list_for
+from pools.selectors import FlavorOption, flavor_options_for_pool, pool_list_for
 from services.choices import VersionStatus
 from services.models import AIApplicationVersion, Service
 
@@ -158,24 +158,7 @@ def parse_deploy_request(*, owner, data: Mapping[str, Any]) -> DeployRequest:
             "Delete one to deploy another.",
         )
 
-    pool = None
-    pool_ref = data.get("pool")
-    visible_pools = pool_list_for(owner)
-    if pool_ref in (None, ""):
-        if not visible_pools.exists():
-            errors.add(
-                "pool",
-                "No public resource pool is available. Use a dedicated resource pool or ask an administrator "
-                "to create a public one.",
-            )
-        else:
-            errors.add("pool", "Resource pool is required.")
-    else:
-        lookup = {"id": pool_ref} if str(pool_ref).isdigit() else {"name": pool_ref}
-        pool = visible_pools.filter(**lookup).prefetch_related("nodes").first()
-        if pool is None:
-            errors.add("pool", f"Resource pool {pool_ref} does not exist or is not yours.")
-
+    pool = _parse_pool(data.get("pool"), errors, owner=owner)
     timeout_minutes = _as_int(
         data.get("timeout_minutes"),
         errors,
@@ -195,72 +178,11 @@ def parse_deploy_request(*, owner, data: Mapping[str, Any]) -> DeployRequest:
     flavor_options = {option.flavor.code: option for option in flavor_options_for_pool(pool)} if pool else {}
     configs: list[VersionConfigRequest] = []
     for n, raw in enumerate(raw_configs):
-        prefix = f"configs.{n}."
-        if not isinstance(raw, Mapping):
-            errors.add(prefix + "app_version", "Each version configuration must be an object.")
-            continue
-        app_version = None
-        version_ref = raw.get("app_version")
-        if version_ref in (None, ""):
-            errors.add(prefix + "app_version", "AI application and version is required.")
-        elif not str(version_ref).isdigit():
-            errors.add(prefix + "app_version", f"AI application version {version_ref} does not exist.")
-        else:
-            app_version = (
-                AIApplicationVersion.objects.select_related("application")
-                .filter(id=int(version_ref), application__owner=owner)
-                .first()
-            )
-            if app_version is None:
-                errors.add(prefix + "app_version", f"AI application version {version_ref} does not exist.")
-            elif app_version.status != VersionStatus.NORMAL:
-                errors.add(
-                    prefix + "app_version",
-                    f"{app_version} is {app_version.get_status_display()}; only Normal versions can be deployed.",
-                )
-                app_version = None
-
-        flavor = None
-        flavor_ref = raw.get("flavor")
-        if flavor_ref in (None, ""):
-            errors.add(prefix + "flavor", "Specification is required.")
-        elif pool is not None:
-            option = flavor_options.get(str(flavor_ref))
-            if option is None:
-                errors.add(prefix + "flavor", f"Specification {flavor_ref} does not exist.")
-            elif not option.is_available:
-                errors.add(prefix + "flavor", f"Specification {flavor_ref} cannot be used now: {option.reason}.")
-            else:
-                flavor = option.flavor
-
-        instance_count = _as_int(
-            raw.get("instance_count"),
-            errors,
-            prefix + "instance_count",
-            "Compute nodes",
-            1,
-            settings.MAX_INSTANCES_PER_VERSION,
-            default=1,
-        )
-        weight = _as_int(raw.get("weight"), errors, prefix + "weight", "Traffic ratio (%)", 0, 100, default=100)
-        envs = parse_envs(raw.get("envs"), errors, prefix + "envs")
-        if app_version and flavor and instance_count is not None and weight is not None:
-            configs.append(VersionConfigRequest(app_version, flavor, instance_count, weight, envs))
-
+        config = _parse_config_row(raw, errors, f"configs.{n}.", owner=owner, pool=pool, flavor_options=flavor_options)
+        if config is not None:
+            configs.append(config)
     if raw_configs and len(configs) == len(raw_configs):
-        total = sum(config.weight for config in configs)
-        if total != 100:
-            errors.add("configs", f"Traffic ratios must add up to 100%; they add up to {total}%.")
-        if len(configs) > 1 and any(config.flavor.is_free for config in configs):
-            errors.add("configs", "Free specifications do not support a gray launch of several versions.")
-        if is_websocket:
-            for config in configs:
-                version = config.app_version
-                if not version.is_websocket or version.source != version.Source.CONTAINER_IMAGE:
-                    errors.add(
-                        "websocket",
-                        f"WebSocket needs a WebSocket-compliant container-image application; {version} is not.",
-                    )
+        _check_configs_together(configs, errors, is_websocket=is_websocket)
 
     if errors:
         raise RequestInvalid(dict(errors))
@@ -272,6 +194,110 @@ def parse_deploy_request(*, owner, data: Mapping[str, Any]) -> DeployRequest:
         is_websocket=is_websocket,
         configs=configs,
     )
+
+
+def _parse_pool(pool_ref: Any, errors: _Errors, *, owner) -> ResourcePool | None:
+    """The pool named by id or name among those the owner may use, or None with an error."""
+    visible_pools = pool_list_for(owner)
+    if pool_ref in (None, ""):
+        if not visible_pools.exists():
+            errors.add(
+                "pool",
+                "No public resource pool is available. Use a dedicated resource pool or ask an administrator "
+                "to create a public one.",
+            )
+        else:
+            errors.add("pool", "Resource pool is required.")
+        return None
+    lookup = {"id": pool_ref} if str(pool_ref).isdigit() else {"name": pool_ref}
+    pool = visible_pools.filter(**lookup).prefetch_related("nodes").first()
+    if pool is None:
+        errors.add("pool", f"Resource pool {pool_ref} does not exist or is not yours.")
+    return pool
+
+
+def _parse_config_row(
+    raw: Any,
+    errors: _Errors,
+    prefix: str,
+    *,
+    owner,
+    pool: ResourcePool | None,
+    flavor_options: dict[str, FlavorOption],
+) -> VersionConfigRequest | None:
+    """One row of `configs` (a version with its traffic ratio, specification,
+    compute nodes and environment), or None when any of its fields is bad."""
+    if not isinstance(raw, Mapping):
+        errors.add(prefix + "app_version", "Each version configuration must be an object.")
+        return None
+    app_version = _parse_app_version(raw.get("app_version"), errors, prefix + "app_version", owner=owner)
+
+    flavor = None
+    flavor_ref = raw.get("flavor")
+    if flavor_ref in (None, ""):
+        errors.add(prefix + "flavor", "Specification is required.")
+    elif pool is not None:
+        option = flavor_options.get(str(flavor_ref))
+        if option is None:
+            errors.add(prefix + "flavor", f"Specification {flavor_ref} does not exist.")
+        elif not option.is_available:
+            errors.add(prefix + "flavor", f"Specification {flavor_ref} cannot be used now: {option.reason}.")
+        else:
+            flavor = option.flavor
+
+    instance_count = _as_int(
+        raw.get("instance_count"),
+        errors,
+        prefix + "instance_count",
+        "Compute nodes",
+        1,
+        settings.MAX_INSTANCES_PER_VERSION,
+        default=1,
+    )
+    weight = _as_int(raw.get("weight"), errors, prefix + "weight", "Traffic ratio (%)", 0, 100, default=100)
+    envs = parse_envs(raw.get("envs"), errors, prefix + "envs")
+    if app_version and flavor and instance_count is not None and weight is not None:
+        return VersionConfigRequest(app_version, flavor, instance_count, weight, envs)
+    return None
+
+
+def _parse_app_version(version_ref: Any, errors: _Errors, key: str, *, owner) -> AIApplicationVersion | None:
+    """The owner's Normal version with this id, or None with an error under `key`."""
+    if version_ref in (None, ""):
+        errors.add(key, "AI application and version is required.")
+        return None
+    if not str(version_ref).isdigit():
+        errors.add(key, f"AI application version {version_ref} does not exist.")
+        return None
+    app_version = (
+        AIApplicationVersion.objects.select_related("application")
+        .filter(id=int(version_ref), application__owner=owner)
+        .first()
+    )
+    if app_version is None:
+        errors.add(key, f"AI application version {version_ref} does not exist.")
+        return None
+    if app_version.status != VersionStatus.NORMAL:
+        errors.add(key, f"{app_version} is {app_version.get_status_display()}; only Normal versions can be deployed.")
+        return None
+    return app_version
+
+
+def _check_configs_together(configs: list[VersionConfigRequest], errors: _Errors, *, is_websocket: bool) -> None:
+    """The rules that hold across rows: ratios sum to 100, no free gray launch, WebSocket-compliant versions."""
+    total = sum(config.weight for config in configs)
+    if total != 100:
+        errors.add("configs", f"Traffic ratios must add up to 100%; they add up to {total}%.")
+    if len(configs) > 1 and any(config.flavor.is_free for config in configs):
+        errors.add("configs", "Free specifications do not support a gray launch of several versions.")
+    if is_websocket:
+        for config in configs:
+            version = config.app_version
+            if not version.is_websocket or version.source != version.Source.CONTAINER_IMAGE:
+                errors.add(
+                    "websocket",
+                    f"WebSocket needs a WebSocket-compliant container-image application; {version} is not.",
+                )
 
 
 APP_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
