@@ -20,4 +20,4 @@ RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput -v0 \
     && mkdir -p /app/.run
 
 EXPOSE 8000
-CMD ["python", "manage.py", "runserver", "127.0.0.1:8000", "--noreload"]
+CMD ["gunicorn", "-c", "console/gunicorn.conf.py", "console.wsgi"]

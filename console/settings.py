@@ -1,14 +1,46 @@
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 from common.env import env_bool, env_float, env_int, env_list, env_str
 from gateway.config import GatewayConfig
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-change-me")
-DEBUG = env_bool("DEBUG", True)
+# Off unless asked for: a debug page shows posted data, settings and the environment.
+DEBUG = env_bool("DEBUG", False)
+# `make run` writes a random key to .run/secret-key once and keeps it; compose
+# and other deployments pass SECRET_KEY.
+SECRET_KEY_FILE = Path(env_str("SECRET_KEY_FILE", str(BASE_DIR / ".run" / "secret-key")))
+SECRET_KEY = env_str("SECRET_KEY", "")
+if not SECRET_KEY and SECRET_KEY_FILE.is_file():
+    SECRET_KEY = SECRET_KEY_FILE.read_text().strip()
+if not SECRET_KEY:
+    raise ImproperlyConfigured(
+        f"SECRET_KEY is not set: set the SECRET_KEY environment variable, or write a key to {SECRET_KEY_FILE} "
+        '(e.g. python3 -c "import secrets; print(secrets.token_urlsafe(50))" > .run/secret-key).'
+    )
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# Behind a TLS-terminating proxy, cookies are secure and browsers are told to
+# keep to HTTPS. Without one (the console on loopback, or plain HTTP inside a
+# private network) those settings would break logins, so their deploy checks
+# are silenced instead, on purpose.
+BEHIND_TLS = env_bool("BEHIND_TLS", False)
+if BEHIND_TLS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+else:
+    SILENCED_SYSTEM_CHECKS = ["security.W004", "security.W008", "security.W012", "security.W016"]
+
+# The web server's own settings (WEB_BIND, WEB_WORKERS, WEB_THREADS) are read
+# by console/gunicorn.conf.py.
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -95,6 +127,8 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
+CSRF_FAILURE_VIEW = "console.views.csrf_failure"
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "services:list"
 LOGOUT_REDIRECT_URL = "login"
@@ -167,3 +201,5 @@ ACCESS_TOKEN_DEFAULT_DAYS = 90
 ACCESS_TOKEN_MAX_DAYS = 365
 CONSOLE_TOKEN_SECONDS = env_int("CONSOLE_TOKEN_SECONDS", 3600)
 PREDICTION_UPLOAD_MAX_BYTES = 8 * 1024 * 1024
+# The Prediction tab's call holds a web worker thread: it waits this long at most.
+PREDICTION_TIMEOUT_SECONDS = env_float("PREDICTION_TIMEOUT_SECONDS", 30.0)

@@ -7,6 +7,7 @@ broker uses its own Redis database.
 
 import os
 
+os.environ.setdefault("SECRET_KEY", "test-only-key-never-used-outside-the-test-suite")
 os.environ.setdefault("CONSOLE_ID", "test")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("RECONCILE_INTERVAL_SECONDS", "1")

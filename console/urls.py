@@ -10,3 +10,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
 ]
+
+handler403 = "console.views.forbidden"
+handler404 = "console.views.not_found"
+handler500 = "console.views.server_error"

@@ -4,7 +4,8 @@
 #   scripts/bootstrap.sh [STEP ...]
 #
 # Steps (run in the order given; default: all):
-#   python       .venv + pip install -r requirements.txt (only when it changed)
+#   python       .venv + pip install -r requirements.txt (only when it changed),
+#                and .run/secret-key (a random SECRET_KEY, made once and kept)
 #   services     postgres + redis
 #   postgres     PostgreSQL answering (installs/starts it when local), database created
 #   redis        Redis answering (installs/starts it when local)
@@ -127,6 +128,15 @@ step_python() {
     fi
     echo "$want" >"$STAMP"
     ok "python: requirements installed"
+}
+
+# The console's SECRET_KEY when none is set in the environment: made once, kept
+# under .run/ (never committed), readable by its owner only.
+step_secret_key() {
+    local key_file="$RUN_DIR/secret-key"
+    [ -s "$key_file" ] && return
+    (umask 077 && "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(50))' >"$key_file")
+    ok "secret key: created .run/secret-key"
 }
 
 # ---- postgresql ----------------------------------------------------------------
@@ -441,5 +451,6 @@ done
 started=$SECONDS
 for step in "${steps[@]}"; do
     "step_${step//-/_}"
+    if [ "$step" = python ]; then step_secret_key; fi
 done
 [ "${steps[*]}" = status ] || say "bootstrap done in $((SECONDS - started)) s"

@@ -262,7 +262,9 @@ def service_predict(*, session, user, service_id, request: PredictionInput) -> G
     """
     token, issued_at = console_token_for(session, user)
     url = gateway_url(service_id, request.path)
-    timeout = settings.GATEWAY_CALL_TIMEOUT_SECONDS + 5
+    # A web worker waits for the answer: at most PREDICTION_TIMEOUT_SECONDS,
+    # however long the gateway itself would wait for the model.
+    timeout = min(settings.GATEWAY_CALL_TIMEOUT_SECONDS + 5, settings.PREDICTION_TIMEOUT_SECONDS)
     reload_window = max(2.0, 4 * settings.GATEWAY_REFRESH_SECONDS)
 
     def call(token: str) -> GatewayReply:
