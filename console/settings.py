@@ -190,13 +190,26 @@ SERVICE_TIMEOUT_SCALE = env_float("SERVICE_TIMEOUT_SCALE", 1.0)
 HEALTH_PROBE_TIMEOUT_SECONDS = env_float("HEALTH_PROBE_TIMEOUT_SECONDS", 1.0)
 TASK_LEASE_SECONDS = env_int("TASK_LEASE_SECONDS", 30)
 CONTAINER_LOG_TAIL_LINES = env_int("CONTAINER_LOG_TAIL_LINES", 50)
+# What every model container runs under (see README, Security).
+CONTAINER_PIDS_LIMIT = env_int("CONTAINER_PIDS_LIMIT", 256)
+CONTAINER_CAPABILITIES = env_list("CONTAINER_CAPABILITIES", ["CHOWN", "SETGID", "SETUID", "NET_BIND_SERVICE"])
+CONTAINER_NO_NEW_PRIVILEGES = env_bool("CONTAINER_NO_NEW_PRIVILEGES", True)
+CONTAINER_TMP_MIB = env_int("CONTAINER_TMP_MIB", 64)
+CONTAINER_LOG_MAX_SIZE_MIB = env_int("CONTAINER_LOG_MAX_SIZE_MIB", 10)
+CONTAINER_LOG_MAX_FILES = env_int("CONTAINER_LOG_MAX_FILES", 3)
 
 # --- Gateway --------------------------------------------------------------------
 # GATEWAY (above) holds the gateway's own settings (gateway/config.py).
 # The address users call, shown in the Usage Guide; the console calls the same.
 GATEWAY_URL = env_str("GATEWAY_URL", GATEWAY.local_url)
 GATEWAY_CALL_TIMEOUT_SECONDS = GATEWAY.call_timeout_seconds
-GATEWAY_REFRESH_SECONDS = GATEWAY.refresh_seconds
+# Changes reach the gateway as they commit (LISTEN/NOTIFY): this bounds how
+# long the console's retries allow for one to arrive, not a reload period.
+GATEWAY_REFRESH_SECONDS = env_float("GATEWAY_REFRESH_SECONDS", 0.5)
+GATEWAY_FULL_RELOAD_SECONDS = GATEWAY.full_reload_seconds
+# A deploy waits this long for every live gateway process to route the
+# service before marking it Running (services.routing_sync).
+ROUTING_SYNC_TIMEOUT_SECONDS = env_float("ROUTING_SYNC_TIMEOUT_SECONDS", 2.0)
 ACCESS_TOKEN_DEFAULT_DAYS = 90
 ACCESS_TOKEN_MAX_DAYS = 365
 CONSOLE_TOKEN_SECONDS = env_int("CONSOLE_TOKEN_SECONDS", 3600)

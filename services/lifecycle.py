@@ -100,6 +100,19 @@ def container_spec(service: Service, instance: Instance) -> runtime.ContainerSpe
             runtime.LABEL_INSTANCE: str(instance.index),
         },
         publish_host=settings.INSTANCE_HOST,
+        hardening=container_hardening(),
+    )
+
+
+def container_hardening() -> runtime.ContainerHardening:
+    """The operator's container limits (settings CONTAINER_*)."""
+    return runtime.ContainerHardening(
+        pids_limit=settings.CONTAINER_PIDS_LIMIT,
+        capabilities=tuple(settings.CONTAINER_CAPABILITIES),
+        no_new_privileges=settings.CONTAINER_NO_NEW_PRIVILEGES,
+        tmp_mib=settings.CONTAINER_TMP_MIB,
+        log_max_size_mib=settings.CONTAINER_LOG_MAX_SIZE_MIB,
+        log_max_files=settings.CONTAINER_LOG_MAX_FILES,
     )
 
 
@@ -285,7 +298,8 @@ def _health_wait(service: Service, token: uuid.UUID, instances: list[Instance], 
             last_renewal = time.monotonic()
         for instance in list(pending):
             version = instance.config.app_version
-            if probe_health(
+            # No published port yet: nothing to probe (and none to default to 80).
+            if instance.host_port is not None and probe_health(
                 settings.INSTANCE_HOST, instance.host_port, version.health_path, settings.HEALTH_PROBE_TIMEOUT_SECONDS
             ):
                 pending.remove(instance)

@@ -37,6 +37,19 @@ class EngineInfo:
 
 
 @dataclass(frozen=True)
+class ContainerHardening:
+    """Limits every model container runs under: its code is its owner's, and may be hostile."""
+
+    pids_limit: int = 256
+    # Kept capabilities; every other one is dropped.
+    capabilities: tuple[str, ...] = ("CHOWN", "SETGID", "SETUID", "NET_BIND_SERVICE")
+    no_new_privileges: bool = True
+    tmp_mib: int = 64
+    log_max_size_mib: int = 10
+    log_max_files: int = 3
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     name: str
     image: str
@@ -46,6 +59,7 @@ class ContainerSpec:
     environment: dict[str, str]
     labels: dict[str, str]
     publish_host: str = "127.0.0.1"
+    hardening: ContainerHardening = field(default_factory=ContainerHardening)
 
 
 @dataclass(frozen=True)
@@ -184,10 +198,22 @@ def ensure_container_running(docker_host: str, spec: ContainerSpec) -> Container
         except NotFound:
             attrs = None
         if attrs is None:
+            hardening = spec.hardening
             host_config = api.create_host_config(
                 port_bindings={f"{spec.container_port}/tcp": (spec.publish_host, None)},
                 nano_cpus=int(spec.cpus * 1_000_000_000),
                 mem_limit=f"{spec.memory_mib}m",
+                # No swap beyond the memory limit: a container cannot page the engine to a crawl.
+                memswap_limit=f"{spec.memory_mib}m",
+                pids_limit=hardening.pids_limit,
+                cap_drop=["ALL"],
+                cap_add=list(hardening.capabilities),
+                security_opt=["no-new-privileges:true"] if hardening.no_new_privileges else [],
+                tmpfs={"/tmp": f"rw,nosuid,nodev,size={hardening.tmp_mib}m"},
+                log_config={
+                    "Type": "json-file",
+                    "Config": {"max-size": f"{hardening.log_max_size_mib}m", "max-file": str(hardening.log_max_files)},
+                },
                 # Only the limits above and the values below come from users:
                 # no mounts, devices, capabilities or host networking.
                 privileged=False,

@@ -8,10 +8,12 @@ import http.client
 import json
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.db import connections
+from django.utils import timezone
 
 from pools.models import Node, ResourcePool
 from services import runtime
@@ -20,7 +22,9 @@ from services.choices import InstanceState, ServiceStatus
 from services.lifecycle import service_delete_run, service_deploy_run
 from services.models import Instance, Service, ServiceEvent, ServiceVersionConfig
 from services.reconcile import reconcile
-from tests.conftest import containers_of, create_service, make_version, wait_for_status
+from tests.conftest import containers_of
+from tests.factories import create_service, make_version
+from tests.waiting import eventually, wait_for_status
 
 pytestmark = pytest.mark.docker
 
@@ -89,7 +93,9 @@ def test_deploy_runs_every_instance_healthy_and_locked_down(engine, docker_clien
         assert not host["Binds"]
         assert not host.get("Mounts")
         assert attrs["Mounts"] == []
-        assert not host["CapAdd"]
+        # Every capability dropped but the documented few (tests/services/test_container_hardening.py).
+        assert host["CapDrop"] == ["ALL"]
+        assert set(host["CapAdd"]) <= {"CHOWN", "SETGID", "SETUID", "NET_BIND_SERVICE"}
         assert not host["Devices"]
         assert not host["PublishAllPorts"]
         assert host["PidMode"] == "" and host["IpcMode"] in ("private", "shareable")
@@ -127,12 +133,15 @@ def test_deploy_that_never_gets_healthy_fails_on_timeout_with_the_logs(
     settings.SERVICE_TIMEOUT_SCALE = 0.02  # 3 minutes → 3.6 s
     version = make_version(owner, **version_fields)
     service = create_service(owner, version, instance_count=instance_count, timeout_minutes=3, envs=envs)
+    deploying_since = Service.objects.get(id=service.id).status_changed_at
     started = time.monotonic()
 
     assert service_deploy_run(service_id=service.id) == "failed"
 
-    elapsed = time.monotonic() - started
-    assert 3.0 < elapsed < 10, elapsed
+    # It waited out the scaled timeout (counted from turning Deploying), and
+    # gave up long before the unscaled 3 minutes.
+    assert timezone.now() - deploying_since >= timedelta(minutes=3 * settings.SERVICE_TIMEOUT_SCALE)
+    assert time.monotonic() - started < 60
     service.refresh_from_db()
     assert service.status == ServiceStatus.FAILED
     assert service.status_reason == (
@@ -160,8 +169,9 @@ def test_deploy_of_a_container_that_exits_fails_at_once_with_its_log(engine, doc
 
     assert service_deploy_run(service_id=service.id) == "failed"
 
-    # The timeout is 20 minutes: only the exit can have ended the deploy this fast.
-    assert time.monotonic() - started < 10
+    # The timeout is 20 minutes: only the exit can have ended the deploy this
+    # soon (the bound is generous; the reason below says which it was).
+    assert time.monotonic() - started < 120
     service.refresh_from_db()
     assert service.status == ServiceStatus.FAILED
     name = service.instances.get().container_name
@@ -284,15 +294,20 @@ def test_delete_while_deploying_leaves_no_container(
     )
     deploy.start()
     try:
-        deadline = time.monotonic() + 20
         if moment == "while-starting-containers":
-            while Instance.objects.filter(service=service).count() < 2:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            eventually(
+                lambda: Instance.objects.filter(service=service).count() == 2,
+                timeout=30,
+                interval=0.02,
+                message="the deploy never wrote its Instance rows",
+            )
         else:
-            while len(containers_of(docker_client, service.id)) < 2:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            eventually(
+                lambda: len(containers_of(docker_client, service.id)) == 2,
+                timeout=30,
+                interval=0.05,
+                message="the deploy never created its containers",
+            )
 
         service_delete(service=service)
         assert service_delete_run(service_id=service.id) == "deleted"
