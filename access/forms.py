@@ -1,6 +1,8 @@
 """The Access keys page's create form: its rules and its messages."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.http import QueryDict
@@ -24,7 +26,7 @@ def token_data_from_post(post: QueryDict) -> dict[str, str]:
     return {"name": post.get("name", ""), "days": post.get("days", "")}
 
 
-def token_request_parse(data: dict[str, str]) -> TokenRequest:
+def token_request_parse(data: Mapping[str, Any]) -> TokenRequest:
     errors: dict[str, list[str]] = {}
     name = data.get("name", "").strip()
     if not name:

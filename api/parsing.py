@@ -2,9 +2,11 @@
 structures that services.validation checks; no service rules live here, so an
 API error carries the very message the console's forms show."""
 
+from __future__ import annotations
+
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
@@ -12,6 +14,9 @@ from access.forms import TokenRequest, TokenRequestInvalid, token_request_parse
 from api.http import ApiError
 from pools.selectors import pool_list_for
 from services.contract import ErrorCode
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 # validation key → API field name
 SERVICE_FIELDS = {
@@ -64,7 +69,7 @@ def validation_error(errors: dict[str, list[str]], fields: Mapping[str, str]) ->
     return ApiError(400, ErrorCode.VALIDATION_FAILED, f"The request is invalid. {summary}", renamed)
 
 
-def _default_pool_ref(user, body: Mapping[str, Any]) -> Any:
+def _default_pool_ref(user: User, body: Mapping[str, Any]) -> Any:
     """The pool the request names, or the first public pool when it names none
     (ModelArts deploys to the public pool by default). A name made of digits is
     turned into its id, since validation reads a digit string as an id."""
@@ -79,9 +84,10 @@ def _default_pool_ref(user, body: Mapping[str, Any]) -> Any:
     return pool_name
 
 
-def deploy_data_from_api(user, body: Mapping[str, Any]) -> dict[str, Any]:
+def deploy_data_from_api(user: User, body: Mapping[str, Any]) -> dict[str, Any]:
     """The `data` parse_deploy_request takes, from a ModelArts-style body."""
     raw_configs = body.get("config")
+    configs: Any
     if isinstance(raw_configs, list):
         configs = [
             {
@@ -147,4 +153,6 @@ def token_request_from_api(body: Mapping[str, Any]) -> tuple[str, str, TokenRequ
         errors.update(exc.errors)
     if errors:
         raise validation_error(errors, TOKEN_FIELDS)
+    # Without errors, all three are set.
+    assert isinstance(username, str) and isinstance(password, str) and token_request is not None
     return username, password, token_request

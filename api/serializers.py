@@ -15,7 +15,7 @@ from services.models import AIApplicationVersion, Instance, Service, ServiceEven
 
 # ModelArts says "concerning" where the console says Alarm; every other status
 # is its value in lower case.
-_STATUS_NAMES = {ServiceStatus.ALARM: "concerning"}
+_STATUS_NAMES: dict[str, str] = {ServiceStatus.ALARM: "concerning"}
 
 
 def epoch_ms(moment: datetime) -> int:

@@ -1,9 +1,15 @@
+from __future__ import annotations
+
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from django.db.models import Count, Q, QuerySet
 
 from pools.models import Flavor, Node, ResourcePool
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 
 @dataclass(frozen=True)
@@ -13,7 +19,7 @@ class FlavorOption:
     reason: str = ""
 
 
-def pool_list_for(user) -> QuerySet[ResourcePool]:
+def pool_list_for(user: User) -> QuerySet[ResourcePool]:
     """Pools a user may deploy to: every public pool and their own dedicated ones."""
     return ResourcePool.objects.filter(Q(is_public=True) | Q(owner=user)).order_by("-is_public", "name")
 

@@ -3,7 +3,9 @@
 Pure arithmetic on the series the selector returns; no query, no markup.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from math import floor, log10
 
 from services.selectors import MinuteCalls
@@ -68,7 +70,7 @@ def nice_ceiling(value: int) -> int:
     return 10 * magnitude
 
 
-def calls_bar_chart(series: list[MinuteCalls], time_label) -> BarChart:
+def calls_bar_chart(series: list[MinuteCalls], time_label: Callable[[datetime], str]) -> BarChart:
     """Bars for the minutes that had calls; the failed part of a minute is a
     second bar drawn over the first from the baseline. `time_label` turns a
     minute's start into the text of an x tick (the caller knows the time zone)."""

@@ -6,18 +6,20 @@ both processes agree on what each status means.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import EnumType, StrEnum
+from typing import TYPE_CHECKING, Self, cast
 
 
 class _LabelledChoicesType(EnumType):
     @property
     def choices(cls) -> list[tuple[str, str]]:
         """(value, label) pairs, for a model field's `choices` (as Django's TextChoices)."""
-        return [(member.value, member.label) for member in cls]  # type: ignore[attr-defined]
+        return [(member.value, member.label) for member in cast("Iterable[LabelledChoices]", cls)]
 
     @property
     def values(cls) -> list[str]:
-        return [member.value for member in cls]  # type: ignore[attr-defined]
+        return [member.value for member in cast("Iterable[LabelledChoices]", cls)]
 
 
 class LabelledChoices(StrEnum, metaclass=_LabelledChoicesType):
@@ -25,11 +27,18 @@ class LabelledChoices(StrEnum, metaclass=_LabelledChoicesType):
 
     label: str
 
-    def __new__(cls, value: str, label: str) -> LabelledChoices:
-        member = str.__new__(cls, value)
-        member._value_ = value
-        member.label = label
-        return member
+    if TYPE_CHECKING:
+        # mypy checks a lookup by value, `ServiceStatus("running")`, against
+        # __new__ too: there the label is absent.
+        def __new__(cls, value: str, label: str = ...) -> Self: ...
+
+    else:
+
+        def __new__(cls, value: str, label: str) -> LabelledChoices:
+            member = str.__new__(cls, value)
+            member._value_ = value
+            member.label = label
+            return member
 
 
 class VersionStatus(LabelledChoices):

@@ -1,13 +1,18 @@
 """Translate the console's HTML forms to and from the plain request structures
 that services.validation checks; no rules live here."""
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.http import QueryDict
 
 from pools.selectors import flavor_options_for_pool, pool_list_for
 from services.selectors import deployable_versions_for
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 
 def deploy_data_from_post(post: QueryDict) -> dict[str, Any]:
@@ -45,7 +50,7 @@ def _flatten_errors(errors: dict[str, list[str]]) -> dict[str, list[str]]:
     return flat
 
 
-def deploy_form_context(user, data: dict[str, Any] | None, errors: dict[str, list[str]]) -> dict[str, Any]:
+def deploy_form_context(user: User, data: dict[str, Any] | None, errors: dict[str, list[str]]) -> dict[str, Any]:
     pools = list(pool_list_for(user).prefetch_related("nodes"))
     versions = list(deployable_versions_for(user))
     data = data or {

@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import uuid
 
 from django.conf import settings
@@ -82,6 +84,11 @@ class Service(models.Model):
     # lapsed (e.g. the worker died), so no transition is ever stranded.
     lease_token = models.UUIDField(null=True, blank=True, editable=False)
     lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    # Not columns: set only on the rows services.selectors.service_detail_for
+    # returns (its Prefetch to_attr=...).
+    instance_rows: list[Instance]
+    event_rows: list[ServiceEvent]
 
     class Meta:
         ordering = ["-created_at"]

@@ -1,7 +1,12 @@
 """Reads: every query the views make, scoped to the user who asks."""
 
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection
 from django.db.models import Count, Prefetch, Q, QuerySet, Sum
@@ -20,8 +25,11 @@ from services.models import (
     ServiceVersionConfig,
 )
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
-def service_list_for(user) -> QuerySet[Service]:
+
+def service_list_for(user: User) -> QuerySet[Service]:
     """The user's services with what the list shows, in a fixed number of queries."""
     return (
         Service.objects.filter(owner=user)
@@ -40,19 +48,23 @@ def service_list_for(user) -> QuerySet[Service]:
     )
 
 
-def service_list_has_transitional(services) -> bool:
+def service_list_has_transitional(services: Iterable[Service]) -> bool:
     return any(service.status in TRANSITIONAL_STATUSES for service in services)
 
 
-def service_get_for(user, service_id) -> Service:
+def service_get_for(user: User, service_id: uuid.UUID | str) -> Service:
     """One of the user's services, or 404 (also for another user's service)."""
     return get_object_or_404(service_list_for(user), id=service_id)
 
 
-def service_detail_for(user, service_id) -> Service:
+def service_detail_for(user: User, service_id: uuid.UUID | str) -> Service:
     """One of the user's services with its instances (`instance_rows`) and its
     newest 200 events (`event_rows`), or 404."""
-    services = service_list_for(user).prefetch_related(
+    # Service declares both attributes for the code that reads them; django-stubs
+    # would declare them here too, and calls that a redefinition.
+    services = service_list_for(
+        user
+    ).prefetch_related(  # type: ignore[no-redef]
         Prefetch(
             "instances",
             queryset=Instance.objects.select_related("node", "config__app_version__application"),
@@ -63,23 +75,23 @@ def service_detail_for(user, service_id) -> Service:
     return get_object_or_404(services, id=service_id)
 
 
-def ai_application_list_for(user) -> QuerySet[AIApplication]:
+def ai_application_list_for(user: User) -> QuerySet[AIApplication]:
     return AIApplication.objects.filter(owner=user).prefetch_related(
         Prefetch("versions", queryset=AIApplicationVersion.objects.order_by("-created_at"))
     )
 
 
-def ai_application_get_for(user, application_id) -> AIApplication:
+def ai_application_get_for(user: User, application_id: int) -> AIApplication:
     return get_object_or_404(AIApplication, owner=user, id=application_id)
 
 
-def ai_version_get_for(user, version_id) -> AIApplicationVersion:
+def ai_version_get_for(user: User, version_id: int) -> AIApplicationVersion:
     return get_object_or_404(
         AIApplicationVersion.objects.select_related("application"), application__owner=user, id=version_id
     )
 
 
-def deployable_versions_for(user) -> QuerySet[AIApplicationVersion]:
+def deployable_versions_for(user: User) -> QuerySet[AIApplicationVersion]:
     return (
         AIApplicationVersion.objects.filter(application__owner=user, status=VersionStatus.NORMAL)
         .select_related("application")
@@ -131,7 +143,7 @@ def service_call_summary(service: Service) -> ServiceCallSummary:
     per configuration; the merged histogram per configuration.
     """
     configs = list(ServiceVersionConfig.objects.filter(service=service).select_related("app_version__application"))
-    counts = {
+    counts: dict[int, Mapping[str, Any]] = {
         row["config_id"]: row
         for row in ServiceCallStat.objects.filter(service=service)
         .order_by()
@@ -177,7 +189,7 @@ def service_call_series(service: Service, minutes: int = 60, now: datetime | Non
     # The gateway writes buckets at whole UTC minutes.
     last = (now or timezone.now()).astimezone(UTC).replace(second=0, microsecond=0)
     first = last - timedelta(minutes=minutes - 1)
-    rows = {
+    rows: dict[datetime, Mapping[str, Any]] = {
         row["bucket_start"]: row
         for row in ServiceCallStat.objects.filter(service=service, bucket_start__gte=first, bucket_start__lte=last)
         .order_by("bucket_start")

@@ -1,8 +1,14 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -11,16 +17,18 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from access import actions as access_actions
 from access import selectors as access_selectors
+from console.http import ConsoleRequest
 from pools.selectors import flavor_options_for_pool, pool_list_for
 from services import actions, logs, prediction, selectors
 from services.charts import calls_bar_chart
 from services.forms import deploy_data_from_post, deploy_form_context, version_data_from_post
+from services.models import Service
 from services.validation import RequestInvalid, parse_deploy_request, parse_version_request
 
 
 @login_required
 @require_GET
-def service_list(request: HttpRequest) -> HttpResponse:
+def service_list(request: ConsoleRequest) -> HttpResponse:
     services = list(selectors.service_list_for(request.user))
     context = {
         "services": services,
@@ -32,7 +40,7 @@ def service_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def service_deploy(request: HttpRequest) -> HttpResponse:
+def service_deploy(request: ConsoleRequest) -> HttpResponse:
     errors: dict[str, list[str]] = {}
     if request.method == "POST":
         data = deploy_data_from_post(request.POST)
@@ -52,7 +60,7 @@ def service_deploy(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-def service_deploy_flavors(request: HttpRequest) -> HttpResponse:
+def service_deploy_flavors(request: ConsoleRequest) -> HttpResponse:
     pool_id = request.GET.get("pool", "")
     pool = pool_list_for(request.user).filter(id=pool_id).first() if pool_id.isdigit() else None
     context = {"flavor_options": flavor_options_for_pool(pool), "selected_flavor": request.GET.get("flavor", "")}
@@ -70,7 +78,7 @@ MONITORING_MINUTES = 60
 
 @login_required
 @require_GET
-def service_detail(request: HttpRequest, service_id) -> HttpResponse:
+def service_detail(request: ConsoleRequest, service_id: uuid.UUID) -> HttpResponse:
     if request.htmx:
         # The Overview's live part polling while the service is in transition.
         service = selectors.service_detail_for(request.user, service_id)
@@ -82,7 +90,9 @@ def service_detail(request: HttpRequest, service_id) -> HttpResponse:
     return _detail_page(request, service_id, tab)
 
 
-def _detail_page(request: HttpRequest, service_id, tab: str, *, status: int = 200, **extra) -> HttpResponse:
+def _detail_page(
+    request: ConsoleRequest, service_id: uuid.UUID, tab: str, *, status: int = 200, **extra: Any
+) -> HttpResponse:
     """The service page with one tab open; each tab reads only what it shows."""
     if tab == "overview":
         service = selectors.service_detail_for(request.user, service_id)
@@ -107,7 +117,7 @@ def _detail_page(request: HttpRequest, service_id, tab: str, *, status: int = 20
     return render(request, "services/service_detail.html", context, status=status)
 
 
-def _prediction_context(data: dict | None) -> dict:
+def _prediction_context(data: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "prediction_data": data
         or {"input": "json", "body": prediction.SAMPLE_BODY, "file_as": "body", "file_field": "file", "path": ""},
@@ -115,14 +125,14 @@ def _prediction_context(data: dict | None) -> dict:
     }
 
 
-def _usage_context(service) -> dict:
+def _usage_context(service: Service) -> dict[str, Any]:
     return {
         "app_codes": list(access_selectors.app_code_list_for(service)),
         "sample_body": prediction.SAMPLE_BODY,
     }
 
 
-def _monitoring_context(service) -> dict:
+def _monitoring_context(service: Service) -> dict[str, Any]:
     series = selectors.service_call_series(service, minutes=MONITORING_MINUTES)
     return {
         "call_summary": selectors.service_call_summary(service),
@@ -139,7 +149,7 @@ PREDICTION_FIELDS = ("input", "body", "file_as", "file_field", "path")
 @csrf_exempt
 @login_required
 @require_POST
-def service_predict(request: HttpRequest, service_id) -> HttpResponse:
+def service_predict(request: ConsoleRequest, service_id: uuid.UUID) -> HttpResponse:
     """Send the tab's input to the service through the gateway and show the answer.
 
     Exempt from the middleware's CSRF check only so that the upload limit can be
@@ -162,7 +172,9 @@ def service_predict(request: HttpRequest, service_id) -> HttpResponse:
 
 
 @csrf_protect
-def _service_predict(request: HttpRequest, service_id, limit: prediction.UploadLimitHandler) -> HttpResponse:
+def _service_predict(
+    request: ConsoleRequest, service_id: uuid.UUID, limit: prediction.UploadLimitHandler
+) -> HttpResponse:
     service = selectors.service_get_for(request.user, service_id)
     data = {name: request.POST.get(name, "") for name in PREDICTION_FIELDS}
     try:
@@ -183,7 +195,9 @@ def _service_predict(request: HttpRequest, service_id, limit: prediction.UploadL
     return _prediction_response(request, service, data, result)
 
 
-def _prediction_response(request, service, data: dict, result: dict, *, status: int = 200) -> HttpResponse:
+def _prediction_response(
+    request: ConsoleRequest, service: Service, data: dict[str, str], result: dict[str, Any], *, status: int = 200
+) -> HttpResponse:
     if request.htmx:
         return render(request, "services/service_detail_prediction.html#result", result, status=status)
     # Without JavaScript the form posts normally: show the whole tab again.
@@ -195,7 +209,7 @@ def _prediction_response(request, service, data: dict, result: dict, *, status: 
 
 @login_required
 @require_POST
-def service_app_code_create(request: HttpRequest, service_id) -> HttpResponse:
+def service_app_code_create(request: ConsoleRequest, service_id: uuid.UUID) -> HttpResponse:
     service = selectors.service_get_for(request.user, service_id)
     issued = access_actions.app_code_create(service=service)
     # Shown in this response only: the code is stored as a hash.
@@ -204,7 +218,7 @@ def service_app_code_create(request: HttpRequest, service_id) -> HttpResponse:
 
 @login_required
 @require_POST
-def service_app_code_revoke(request: HttpRequest, service_id, code_id: int) -> HttpResponse:
+def service_app_code_revoke(request: ConsoleRequest, service_id: uuid.UUID, code_id: int) -> HttpResponse:
     code = access_selectors.app_code_get_for(request.user, service_id, code_id)
     service = selectors.service_get_for(request.user, service_id)
     if access_actions.app_code_revoke(code=code):
@@ -217,14 +231,14 @@ def service_app_code_revoke(request: HttpRequest, service_id, code_id: int) -> H
     return redirect(reverse("services:detail", args=[service.id]) + "?tab=usage")
 
 
-def _app_codes_response(request, service, **extra) -> HttpResponse:
+def _app_codes_response(request: ConsoleRequest, service: Service, **extra: Any) -> HttpResponse:
     if request.htmx:
         context = {"service": service, **_usage_context(service), **extra}
         return render(request, "services/service_detail_usage.html#app_codes", context)
     return _detail_page(request, service.id, "usage", **extra)
 
 
-def _lifecycle(request: HttpRequest, service_id, action, done: str) -> HttpResponse:
+def _lifecycle(request: ConsoleRequest, service_id: uuid.UUID, action: Callable[..., None], done: str) -> HttpResponse:
     service = selectors.service_get_for(request.user, service_id)
     try:
         action(service=service)
@@ -240,25 +254,25 @@ def _lifecycle(request: HttpRequest, service_id, action, done: str) -> HttpRespo
 
 @login_required
 @require_POST
-def service_start(request: HttpRequest, service_id) -> HttpResponse:
+def service_start(request: ConsoleRequest, service_id: uuid.UUID) -> HttpResponse:
     return _lifecycle(request, service_id, actions.service_start, "Starting {name}.")
 
 
 @login_required
 @require_POST
-def service_stop(request: HttpRequest, service_id) -> HttpResponse:
+def service_stop(request: ConsoleRequest, service_id: uuid.UUID) -> HttpResponse:
     return _lifecycle(request, service_id, actions.service_stop, "Stopping {name}.")
 
 
 @login_required
 @require_POST
-def service_delete(request: HttpRequest, service_id) -> HttpResponse:
+def service_delete(request: ConsoleRequest, service_id: uuid.UUID) -> HttpResponse:
     return _lifecycle(request, service_id, actions.service_delete, "Deleting {name}.")
 
 
 @login_required
 @require_GET
-def application_list(request: HttpRequest) -> HttpResponse:
+def application_list(request: ConsoleRequest) -> HttpResponse:
     applications = list(selectors.ai_application_list_for(request.user))
     is_polling = any(v.status == "checking" for a in applications for v in a.versions.all())
     context = {"applications": applications, "is_polling": is_polling}
@@ -268,7 +282,7 @@ def application_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def application_register(request: HttpRequest) -> HttpResponse:
+def application_register(request: ConsoleRequest) -> HttpResponse:
     errors: dict[str, list[str]] = {}
     if request.method == "POST":
         data = version_data_from_post(request.POST)
@@ -294,7 +308,7 @@ def application_register(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def application_version_recheck(request: HttpRequest, version_id: int) -> HttpResponse:
+def application_version_recheck(request: ConsoleRequest, version_id: int) -> HttpResponse:
     version = selectors.ai_version_get_for(request.user, version_id)
     actions.ai_application_version_recheck(version=version)
     messages.success(request, f"Checking the image of {version} again.")
@@ -303,7 +317,7 @@ def application_version_recheck(request: HttpRequest, version_id: int) -> HttpRe
 
 @login_required
 @require_POST
-def application_delete(request: HttpRequest, application_id: int) -> HttpResponse:
+def application_delete(request: ConsoleRequest, application_id: int) -> HttpResponse:
     application = selectors.ai_application_get_for(request.user, application_id)
     try:
         actions.ai_application_delete(application=application)

@@ -1,6 +1,9 @@
+from __future__ import annotations
+
 import secrets
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -11,6 +14,9 @@ from pools.models import Flavor, Node, ResourcePool
 from services.lifecycle import ai_application_version_check_image
 from services.models import AIApplication, AIApplicationVersion
 from services.reconcile import nodes_refresh
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 FLAVORS = [
     ("cpu.1u1g.free", "CPU: 1 vCPU | 1 GiB (free)", "1", 1024, 0, True),
@@ -24,7 +30,7 @@ DEMO_VERSIONS = [("1.0.0", "rts-demo-model:1.0.0"), ("2.0.0", "rts-demo-model:2.
 class Command(BaseCommand):
     help = "Seed the public pool, flavors, an admin user and the demo AI application. Safe to repeat."
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         password_file = Path(settings.BASE_DIR) / ".run" / "admin-password"
         with transaction.atomic():
             admin, password = self._admin(password_file)
@@ -61,13 +67,13 @@ class Command(BaseCommand):
         self.stdout.write(f"  Admin login:  admin / {password}")
         self.stdout.write("")
 
-    def _admin(self, password_file: Path):
-        User = get_user_model()
+    def _admin(self, password_file: Path) -> tuple[User, str]:
+        user_model = get_user_model()
         password = password_file.read_text().strip() if password_file.exists() else ""
-        admin = User.objects.filter(username="admin").first()
+        admin = user_model.objects.filter(username="admin").first()
         if admin is None or not password or not admin.check_password(password):
             password = password or secrets.token_urlsafe(12)
-            admin = admin or User(username="admin", email="admin@localhost", is_staff=True, is_superuser=True)
+            admin = admin or user_model(username="admin", email="admin@localhost", is_staff=True, is_superuser=True)
             admin.set_password(password)
             admin.save()
             password_file.parent.mkdir(parents=True, exist_ok=True)
