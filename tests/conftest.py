@@ -10,14 +10,19 @@ import pytest
 import redis
 from django.conf import settings
 
-from pools.models import Flavor, Node, ResourcePool
 from services import runtime
-from services.choices import VersionStatus
-from services.models import AIApplication, AIApplicationVersion, Service
+from services.models import Service
+from tests.factories import (
+    deploy_data,
+    make_flavor,
+    make_pool,
+    make_service,
+    make_user,
+    make_version,
+)
+from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_IMAGE_V1 = "rts-demo-model:1.0.0"
-DEMO_IMAGE_V2 = "rts-demo-model:2.0.0"
 
 # Playwright's sync API runs an event loop in the test thread; Django's ORM
 # then refuses to run unless told the thread is really synchronous.
@@ -31,8 +36,11 @@ def _fresh_broker():
 
 
 def remove_test_containers() -> None:
+    """Every container and service network of this test run's console id on the local engine."""
     for info in runtime.list_managed_containers(settings.DOCKER_HOST, settings.CONSOLE_ID):
         runtime.remove_container(settings.DOCKER_HOST, info.name)
+    for name in runtime.list_managed_networks(settings.DOCKER_HOST, settings.CONSOLE_ID):
+        runtime.remove_network(settings.DOCKER_HOST, name)
 
 
 @pytest.fixture
@@ -44,13 +52,13 @@ def engine():
 
 
 @pytest.fixture
-def owner(django_user_model):
-    return django_user_model.objects.create_user(username="owner", password="owner-pass-123")
+def owner(db):
+    return make_user("owner")
 
 
 @pytest.fixture
-def other_user(django_user_model):
-    return django_user_model.objects.create_user(username="other", password="other-pass-123")
+def other_user(db):
+    return make_user("other")
 
 
 @pytest.fixture
@@ -61,48 +69,20 @@ def owner_client(client, owner):
 
 @pytest.fixture
 def pool(db):
-    pool = ResourcePool.objects.create(name="public-cpu", is_public=True)
-    Node.objects.create(
-        pool=pool,
-        name="local",
-        docker_host=settings.DOCKER_HOST,
-        cpu_count=2,
-        memory_mib=8192,
-        is_reachable=True,
-    )
-    return pool
+    """The public pool "public-cpu" with one node on the test's Docker engine."""
+    return make_pool()
 
 
 @pytest.fixture
 def flavors(db):
     return {
-        "free": Flavor.objects.create(
-            code="cpu.1u1g.free",
-            display_name="CPU: 1 vCPU | 1 GiB (free)",
-            cpus=1,
-            memory_mib=1024,
-            is_free=True,
-            sort_order=0,
+        "free": make_flavor(
+            "cpu.1u1g.free", display_name="CPU: 1 vCPU | 1 GiB (free)", cpus=1, memory_mib=1024, is_free=True
         ),
-        "small": Flavor.objects.create(
-            code="cpu.1u512m", display_name="CPU: 1 vCPU | 512 MiB", cpus=1, memory_mib=512, sort_order=1
-        ),
-        "big": Flavor.objects.create(
-            code="cpu.64u8g", display_name="CPU: 64 vCPUs | 8 GiB", cpus=64, memory_mib=8192, sort_order=2
-        ),
-        "gpu": Flavor.objects.create(
-            code="gpu.1p", display_name="GPU: 1 x GPU", cpus=1, memory_mib=1024, gpus=1, sort_order=3
-        ),
+        "small": make_flavor("cpu.1u512m", display_name="CPU: 1 vCPU | 512 MiB", memory_mib=512, sort_order=1),
+        "big": make_flavor("cpu.64u8g", display_name="CPU: 64 vCPUs | 8 GiB", cpus=64, memory_mib=8192, sort_order=2),
+        "gpu": make_flavor("gpu.1p", display_name="GPU: 1 x GPU", gpus=1, sort_order=3),
     }
-
-
-def make_version(
-    owner, version="1.0.0", image=DEMO_IMAGE_V1, status=VersionStatus.NORMAL, **fields
-) -> AIApplicationVersion:
-    application, _ = AIApplication.objects.get_or_create(owner=owner, name=fields.pop("application_name", "demo-model"))
-    return AIApplicationVersion.objects.create(
-        application=application, version=version, image=image, status=status, **fields
-    )
 
 
 @pytest.fixture
@@ -110,33 +90,20 @@ def demo_version(owner):
     return make_version(owner)
 
 
-def deploy_data(version, **overrides) -> dict:
-    config = {
-        "app_version": version.id,
-        "flavor": overrides.pop("flavor", "cpu.1u512m"),
-        "instance_count": overrides.pop("instance_count", 1),
-        "weight": 100,
-        "envs": overrides.pop("envs", {}),
-    }
-    data = {"name": "svc-one", "description": "", "pool": "public-cpu", "timeout_minutes": 20, "configs": [config]}
-    data.update(overrides)
-    return data
+@pytest.fixture
+def service(owner, pool, flavors, demo_version) -> Service:
+    """A Running service "svc-one" of the demo version (small flavor), in the
+    database only: no containers."""
+    return make_service(owner, pool, version=demo_version, flavor=flavors["small"])
 
 
-def wait_for_status(service_id, statuses, timeout: float = 30.0) -> Service:
-    """Poll the database until the service reaches one of `statuses`."""
-    if isinstance(statuses, str):
-        statuses = {statuses}
-    deadline = time.monotonic() + timeout
-    while True:
-        service = Service.objects.filter(id=service_id).first()
-        if service is None and None in statuses:
-            return None
-        if service is not None and service.status in statuses:
-            return service
-        if time.monotonic() > deadline:
-            raise AssertionError(f"service is {service and service.status}, wanted {statuses} within {timeout}s")
-        time.sleep(0.1)
+@pytest.fixture
+def pinned_limits(settings):
+    """Pin the limits that messages under test quote, whatever the environment sets."""
+    settings.MAX_INSTANCES_PER_VERSION = 128
+    settings.MAX_SERVICES_PER_USER = 20
+    settings.SERVICE_TIMEOUT_MIN_MINUTES = 3
+    settings.SERVICE_TIMEOUT_MAX_MINUTES = 120
 
 
 # --- Shared Celery stack -------------------------------------------------------
@@ -260,20 +227,25 @@ def start_gateway(**env_overrides: str) -> tuple[subprocess.Popen, str]:
     with open(log_dir / "gateway.log", "ab") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
+
+    def answers() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"the gateway exited with code {process.returncode} (log: test-artifacts/gateway.log)")
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1) as response:
-                if response.status == 200:
-                    return process, url
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            stop_gateway(process)
-            raise RuntimeError("the gateway did not answer /healthz within 20 s (log: test-artifacts/gateway.log)")
-        time.sleep(0.05)
+        with urllib.request.urlopen(url + "/healthz", timeout=1) as response:
+            return response.status == 200
+
+    try:
+        eventually(
+            answers,
+            timeout=20,
+            interval=0.05,
+            message="the gateway did not answer /healthz (log: test-artifacts/gateway.log)",
+            ignoring=(OSError,),
+        )
+    except BaseException:
+        stop_gateway(process)
+        raise
+    return process, url
 
 
 @pytest.fixture(scope="session")
@@ -304,18 +276,18 @@ def wait_for_gateway_reload(url: str, timeout: float = 10.0) -> None:
 
     since = time.time()
     first_after = None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def reloaded_twice() -> bool:
+        nonlocal first_after
         with urllib.request.urlopen(url + "/healthz", timeout=1) as response:
             loaded_at = json.load(response)["loaded_at"]
         # A load that finished after `since` may have queried before it; the
         # next one started its queries after that load finished.
         if first_after is None and loaded_at > since:
             first_after = loaded_at
-        elif first_after is not None and loaded_at > first_after:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the gateway did not reload its table within {timeout} s")
+        return first_after is not None and loaded_at > first_after
+
+    eventually(reloaded_twice, timeout=timeout, interval=0.05, message="the gateway did not reload its table")
 
 
 @pytest.fixture
@@ -350,12 +322,3 @@ def enqueued(monkeypatch):
     for name in ("service_deploy_task", "service_stop_task", "service_delete_task", "version_check_image_task"):
         monkeypatch.setattr(getattr(tasks, name), "delay", lambda *args, _name=name: calls.append((_name, *args)))
     return calls
-
-
-def create_service(owner, version, **overrides) -> Service:
-    """service_create with deploy_data(version, **overrides), as the Deploy form would."""
-    from services.actions import service_create
-    from services.validation import parse_deploy_request
-
-    request = parse_deploy_request(owner=owner, data=deploy_data(version, **overrides))
-    return service_create(owner=owner, request=request)

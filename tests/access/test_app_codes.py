@@ -11,20 +11,12 @@ from django.urls import reverse
 
 from access.actions import app_code_create
 from access.models import AppCode
-from services.choices import ServiceStatus
-from services.models import Service, ServiceVersionConfig
+from services.models import Service
 
 pytestmark = pytest.mark.django_db
 
 HX = {"HTTP_HX_REQUEST": "true"}
 SECRET_RE = re.compile(r'id="new-app-code-secret">(app_[A-Za-z0-9_\-]+)</code>')
-
-
-@pytest.fixture
-def service(owner, pool, flavors, demo_version) -> Service:
-    service = Service.objects.create(owner=owner, name="svc-codes", pool=pool, status=ServiceStatus.RUNNING)
-    ServiceVersionConfig.objects.create(service=service, app_version=demo_version, flavor=flavors["small"])
-    return service
 
 
 def create_url(service) -> str:

@@ -182,7 +182,7 @@ def test_another_users_token_is_404_and_stays_active(client, owner, other_user):
 
 
 def test_console_tokens_cannot_be_revoked_from_the_page(owner_client, owner):
-    token = console_token_issue(owner=owner).record
+    token, _ = console_token_issue(owner=owner)
 
     response = owner_client.post(revoke_url(token))
 

@@ -6,9 +6,6 @@ import pytest
 from django.test import Client
 
 from access.actions import access_token_create
-from pools.models import Node
-from services.choices import InstanceState, ServiceStatus
-from services.models import Instance, Service, ServiceEvent, ServiceVersionConfig
 
 API = "/api/v1"
 
@@ -48,12 +45,7 @@ class ApiClient:
 
 
 @pytest.fixture(autouse=True)
-def _limits(settings):
-    # Pin the limits the messages under test quote, whatever the environment sets.
-    settings.MAX_INSTANCES_PER_VERSION = 128
-    settings.MAX_SERVICES_PER_USER = 20
-    settings.SERVICE_TIMEOUT_MIN_MINUTES = 3
-    settings.SERVICE_TIMEOUT_MAX_MINUTES = 120
+def _api_settings(pinned_limits, settings):
     settings.GATEWAY_URL = "http://gateway.test:8001"
 
 
@@ -65,30 +57,3 @@ def api(owner) -> ApiClient:
 @pytest.fixture
 def other_api(other_user) -> ApiClient:
     return ApiClient(access_token_create(owner=other_user, name="test", days=1).secret)
-
-
-def make_service(owner, pool, version, flavor, *, name: str = "svc-one", status: str = ServiceStatus.RUNNING, **fields):
-    """A stored service with one version configuration, as a deploy leaves it."""
-    service = Service.objects.create(owner=owner, name=name, pool=pool, status=status, **fields)
-    ServiceVersionConfig.objects.create(
-        service=service, app_version=version, flavor=flavor, weight=100, instance_count=1, envs={"MODE": "fast"}
-    )
-    return service
-
-
-def add_instance(service, *, index: int = 0, host_port: int = 32768, is_healthy: bool = True) -> Instance:
-    config = service.configs.get()
-    return Instance.objects.create(
-        service=service,
-        config=config,
-        index=index,
-        node=Node.objects.get(pool=service.pool),
-        container_name=f"rts-{service.id}-0-{index}",
-        host_port=host_port,
-        state=InstanceState.RUNNING,
-        is_healthy=is_healthy,
-    )
-
-
-def add_event(service, message: str, **fields) -> ServiceEvent:
-    return ServiceEvent.objects.create(service=service, message=message, **fields)

@@ -6,8 +6,7 @@ import pytest
 from services.choices import VersionStatus
 from services.models import AIApplication, AIApplicationVersion, Service
 from services.validation import RequestInvalid, parse_version_request
-from tests.api.conftest import make_service
-from tests.conftest import DEMO_IMAGE_V1, make_version
+from tests.factories import DEMO_IMAGE_V1, make_service, make_version
 
 pytestmark = pytest.mark.django_db
 
@@ -239,7 +238,7 @@ def test_delete_the_last_version_keeps_its_application(api, owner):
 
 def test_delete_a_model_used_by_a_service_is_409(api, owner, pool, flavors):
     version = make_version(owner)
-    make_service(owner, pool, version, flavors["small"])
+    make_service(owner, pool, version=version, flavor=flavors["small"])
 
     response = api.delete(f"/models/{version.id}")
 

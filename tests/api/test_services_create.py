@@ -10,8 +10,7 @@ from pools.models import Node, ResourcePool
 from services.choices import ServiceStatus, VersionStatus
 from services.models import Instance, Service, ServiceEvent, ServiceVersionConfig
 from services.validation import RequestInvalid, parse_deploy_request
-from tests.api.conftest import make_service
-from tests.conftest import make_version
+from tests.factories import add_node, make_service, make_version
 
 pytestmark = pytest.mark.django_db
 
@@ -74,12 +73,6 @@ def form_data(ctx, first_config: dict | None = None, **top) -> dict:
     return data
 
 
-def add_node(pool, name: str) -> Node:
-    return Node.objects.create(
-        pool=pool, name=name, docker_host="unix:///x", cpu_count=4, memory_mib=4096, is_reachable=True
-    )
-
-
 # --- A good request --------------------------------------------------------------------------
 
 
@@ -135,7 +128,7 @@ def test_create_service_without_pool_name_uses_the_first_public_pool(api, ctx):
 
 def test_create_service_on_the_owners_dedicated_pool_by_name(api, ctx):
     dedicated = ResourcePool.objects.create(name="mine", is_public=False, owner=ctx.owner)
-    add_node(dedicated, "mine-1")
+    add_node(dedicated, "mine-1", cpus=4, memory_mib=4096)
 
     assert api.post("/services", api_body(ctx, pool_name="mine")).status_code == 201
 
@@ -145,7 +138,7 @@ def test_create_service_on_the_owners_dedicated_pool_by_name(api, ctx):
 def test_create_service_reads_a_pool_name_made_of_digits_as_a_name(api, ctx):
     # Validation reads a digit string as a pool id; the API's pool_name is always a name.
     digits = ResourcePool.objects.create(name="2024", is_public=True)
-    add_node(digits, "n2024")
+    add_node(digits, "n2024", cpus=4, memory_mib=4096)
     assert not ResourcePool.objects.filter(id=2024).exists()
 
     assert api.post("/services", api_body(ctx, pool_name="2024")).status_code == 201
@@ -174,12 +167,12 @@ def test_create_service_with_websocket_on_a_websocket_model(api, ctx):
 
 def _too_many_services(ctx):
     ctx.settings.MAX_SERVICES_PER_USER = 1
-    make_service(ctx.owner, ctx.pool, ctx.version, ctx.flavors["small"], name="existing")
+    make_service(ctx.owner, ctx.pool, version=ctx.version, flavor=ctx.flavors["small"], name="existing")
     return api_body(ctx), form_data(ctx), "__all__", "__all__"
 
 
 def _name_taken(ctx):
-    make_service(ctx.owner, ctx.pool, ctx.version, ctx.flavors["small"], name="svc-one")
+    make_service(ctx.owner, ctx.pool, version=ctx.version, flavor=ctx.flavors["small"], name="svc-one")
     return api_body(ctx), form_data(ctx), "service_name", "name"
 
 

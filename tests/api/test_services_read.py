@@ -7,8 +7,7 @@ import pytest
 
 from services.choices import ServiceStatus
 from services.models import ServiceEvent
-from tests.api.conftest import add_event, add_instance, make_service
-from tests.conftest import make_version
+from tests.factories import add_event, add_instance, make_service, make_version
 
 pytestmark = pytest.mark.django_db
 
@@ -34,8 +33,9 @@ def running(owner, pool, flavors, version):
     service = make_service(
         owner,
         pool,
-        version,
-        flavors["small"],
+        version=version,
+        flavor=flavors["small"],
+        envs={"MODE": "fast"},
         description="the demo",
         status=ServiceStatus.ALARM,
         status_reason="1 of 2 instances is unhealthy",
@@ -51,9 +51,9 @@ def running(owner, pool, flavors, version):
 
 
 def test_list_services_shows_only_the_owners_services_newest_first(api, owner, other_user, pool, flavors, version):
-    first = make_service(owner, pool, version, flavors["small"], name="first")
-    second = make_service(owner, pool, version, flavors["small"], name="second")
-    make_service(other_user, pool, make_version(other_user), flavors["small"], name="theirs")
+    first = make_service(owner, pool, version=version, flavor=flavors["small"], name="first")
+    second = make_service(owner, pool, version=version, flavor=flavors["small"], name="second")
+    make_service(other_user, pool, version=make_version(other_user), flavor=flavors["small"], name="theirs")
 
     response = api.get("/services")
 
@@ -95,7 +95,13 @@ def test_list_services_gives_each_service_its_summary(api, running, version):
 
 def test_list_services_takes_a_fixed_number_of_queries(api, owner, pool, flavors, django_assert_num_queries):
     for n in range(5):
-        make_service(owner, pool, make_version(owner, application_name=f"app{n}"), flavors["small"], name=f"svc{n}")
+        make_service(
+            owner,
+            pool,
+            version=make_version(owner, application_name=f"app{n}"),
+            flavor=flavors["small"],
+            name=f"svc{n}",
+        )
 
     # token lookup + services with their pool + configs with version, application and flavor
     with django_assert_num_queries(3):
@@ -104,7 +110,7 @@ def test_list_services_takes_a_fixed_number_of_queries(api, owner, pool, flavors
 
 @pytest.mark.parametrize(("status", "api_status"), API_STATUS.items())
 def test_service_status_is_the_modelarts_word(api, owner, pool, flavors, version, status, api_status):
-    service = make_service(owner, pool, version, flavors["small"], status=status)
+    service = make_service(owner, pool, version=version, flavor=flavors["small"], status=status)
 
     assert api.get(f"/services/{service.id}").json()["status"] == api_status
     assert api.get("/services").json()["services"][0]["status"] == api_status

@@ -6,8 +6,7 @@ import pytest
 
 from services.choices import ServiceStatus
 from services.models import Service, ServiceEvent
-from tests.api.conftest import make_service
-from tests.conftest import make_version
+from tests.factories import make_service, make_version
 
 pytestmark = pytest.mark.django_db
 
@@ -17,7 +16,7 @@ def make(owner, pool, flavors):
     version = make_version(owner)
 
     def make(status: str) -> Service:
-        return make_service(owner, pool, version, flavors["small"], status=status)
+        return make_service(owner, pool, version=version, flavor=flavors["small"], status=status)
 
     return make
 

@@ -3,13 +3,13 @@ container: Send shows the model's answer without a page reload; the calls then
 appear on the Monitoring tab."""
 
 import json
-import time
 
 import pytest
 
 from services.models import Service
 from tests.conftest import wait_for_gateway_reload
 from tests.e2e.conftest import ARTIFACTS, log_in
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker]
 
@@ -62,10 +62,10 @@ def test_send_shows_the_models_answer_without_a_reload(console_gateway, running_
     page.screenshot(path=ARTIFACTS / "browser-prediction-file.png", full_page=True)
 
     # The two calls that reached the model show on the Monitoring tab.
-    deadline = time.monotonic() + 5
-    while Service.objects.get(id=service.id).invocation_times < 2:
-        assert time.monotonic() < deadline, "the gateway never counted the calls"
-        time.sleep(0.1)
+    eventually(
+        lambda: Service.objects.get(id=service.id).invocation_times >= 2,
+        message="the gateway never counted the calls",
+    )
     page.click("#tab-monitoring")
     page.wait_for_url(f"{live_server.url}/services/{service.id}/?tab=monitoring")
     assert page.inner_text("#stat-calls") == "2"

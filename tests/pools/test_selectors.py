@@ -3,28 +3,16 @@ where an instance is placed."""
 
 import pytest
 
-from pools.models import Flavor, Node, ResourcePool
+from pools.models import Flavor, ResourcePool
 from pools.selectors import flavor_options_for_pool, node_pick_for, pool_list_for
 from services.models import Instance, Service, ServiceVersionConfig
+from tests.factories import add_node
 
 pytestmark = pytest.mark.django_db
 
 
 def options_by_code(pool) -> dict:
     return {option.flavor.code: option for option in flavor_options_for_pool(pool)}
-
-
-def add_node(pool, name, cpus=2, memory_mib=8192, gpus=0, is_reachable=True, is_enabled=True) -> Node:
-    return Node.objects.create(
-        pool=pool,
-        name=name,
-        docker_host=f"tcp://{name}:2375",
-        cpu_count=cpus,
-        memory_mib=memory_mib,
-        gpu_count=gpus,
-        is_reachable=is_reachable,
-        is_enabled=is_enabled,
-    )
 
 
 # --- flavor_options_for_pool ----------------------------------------------------------

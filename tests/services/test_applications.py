@@ -11,7 +11,7 @@ from pools.models import Node, ResourcePool
 from services import lifecycle
 from services.choices import VersionStatus
 from services.models import AIApplication, AIApplicationVersion, Service, ServiceVersionConfig
-from tests.conftest import DEMO_IMAGE_V1, make_version
+from tests.factories import DEMO_IMAGE_V1, make_version
 
 pytestmark = pytest.mark.django_db
 

@@ -9,22 +9,13 @@ import pytest
 from django.urls import reverse
 from django.utils.html import escape
 
-from pools.models import Node, ResourcePool
+from pools.models import ResourcePool
 from services.choices import ServiceStatus, VersionStatus
 from services.models import Instance, Service, ServiceEvent, ServiceVersionConfig
 from services.validation import RequestInvalid, parse_deploy_request
-from tests.conftest import deploy_data, make_version
+from tests.factories import add_node, deploy_data, make_service, make_version
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _limits(settings):
-    # Pin the limits the messages below quote, whatever the environment sets.
-    settings.MAX_INSTANCES_PER_VERSION = 128
-    settings.MAX_SERVICES_PER_USER = 20
-    settings.SERVICE_TIMEOUT_MIN_MINUTES = 3
-    settings.SERVICE_TIMEOUT_MAX_MINUTES = 120
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("pinned_limits")]
 
 
 class _Inputs(HTMLParser):
@@ -125,16 +116,6 @@ def assert_refused(response, field: str, message: str, before) -> None:
         if field in FIELD_INPUTS:
             assert f'name="{FIELD_INPUTS[field]}"' in block
     assert stored() == before
-
-
-def add_node(pool, name: str, cpus: int, memory_mib: int) -> Node:
-    return Node.objects.create(
-        pool=pool, name=name, docker_host="unix:///x", cpu_count=cpus, memory_mib=memory_mib, is_reachable=True
-    )
-
-
-def make_service(owner, pool, name="svc-one", status=ServiceStatus.RUNNING) -> Service:
-    return Service.objects.create(owner=owner, name=name, pool=pool, status=status)
 
 
 # --- The valid path ---------------------------------------------------------------
@@ -419,7 +400,16 @@ def test_deploy_instance_limit_follows_the_setting(owner_client, form, settings)
         ),
         ([""], ["a value without a name"], "Environment variable names cannot be empty."),
         (["A", "A"], ["1", "2"], "Environment variable A is set twice."),
-        (["A"], ["v" * 4097], "The value of A must be at most 4096 characters of text."),
+        (
+            ["A"],
+            ["v" * 4097],
+            "The value of A must be at most 4096 printable characters (no control characters but tab).",
+        ),
+        (
+            ["A"],
+            ["bell\x07"],
+            "The value of A must be at most 4096 printable characters (no control characters but tab).",
+        ),
     ],
 )
 def test_deploy_rejects_bad_environment_variables(owner_client, form, keys, values, message):

@@ -9,18 +9,11 @@ import pytest
 from django.urls import reverse
 
 from services.choices import ServiceStatus
-from services.models import Service, ServiceVersionConfig
+from services.models import Service
 
 pytestmark = pytest.mark.django_db
 
 TABS = ["overview", "prediction", "usage", "monitoring"]
-
-
-@pytest.fixture
-def service(owner, pool, flavors, demo_version) -> Service:
-    service = Service.objects.create(owner=owner, name="svc-tabs", pool=pool, status=ServiceStatus.RUNNING)
-    ServiceVersionConfig.objects.create(service=service, app_version=demo_version, flavor=flavors["small"])
-    return service
 
 
 def tab_url(service, tab: str) -> str:

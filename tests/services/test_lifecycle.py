@@ -89,7 +89,8 @@ def test_deploy_runs_every_instance_healthy_and_locked_down(engine, docker_clien
         assert host["NanoCpus"] == 1_000_000_000
         assert host["Memory"] == 512 * 1024 * 1024
         assert host["Privileged"] is False
-        assert host["NetworkMode"] == "bridge"
+        # The service's own network (tests/services/test_network_isolation.py).
+        assert host["NetworkMode"] == f"rts-{settings.CONSOLE_ID}-{service.id}"
         assert not host["Binds"]
         assert not host.get("Mounts")
         assert attrs["Mounts"] == []

@@ -15,7 +15,7 @@ from services.charts import BOTTOM, HEIGHT, TOP, calls_bar_chart, nice_ceiling
 from services.choices import ServiceStatus
 from services.contract import LATENCY_BUCKET_COUNT, LATENCY_BUCKETS_MS
 from services.models import Service, ServiceCallStat, ServiceVersionConfig
-from tests.conftest import make_version
+from tests.factories import make_version
 
 pytestmark = pytest.mark.django_db
 

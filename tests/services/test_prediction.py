@@ -17,10 +17,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from access.models import AccessToken
-from services.choices import ServiceStatus
-from services.models import Service, ServiceCallStat, ServiceVersionConfig
+from services.models import Service, ServiceCallStat
 from services.prediction import SAMPLE_BODY, SESSION_KEY
 from tests.conftest import free_port, wait_for_gateway_reload
+from tests.waiting import eventually
 
 HX = {"HTTP_HX_REQUEST": "true"}
 
@@ -86,10 +86,10 @@ def test_json_body_goes_through_the_gateway_and_the_answer_is_shown(served_clien
     assert '\n  "model": "rts-demo-model"' in shown_body(response)
     assert "Sent JSON, 33 bytes." in text_of(response)
     # The call went through the gateway, which counts it (flushed once a second).
-    deadline = time.monotonic() + 5
-    while Service.objects.get(id=served_service.id).invocation_times < 1:
-        assert time.monotonic() < deadline, "the gateway never counted the call"
-        time.sleep(0.1)
+    eventually(
+        lambda: Service.objects.get(id=served_service.id).invocation_times >= 1,
+        message="the gateway never counted the call",
+    )
     assert ServiceCallStat.objects.get(service=served_service).calls == 1
 
 
@@ -221,14 +221,6 @@ def recording_gateway(settings):
     settings.GATEWAY_URL = gateway.url
     yield gateway
     gateway.close()
-
-
-@pytest.fixture
-def service(db, owner, pool, flavors, demo_version) -> Service:
-    """A Running service in the database only: these tests never reach a model."""
-    service = Service.objects.create(owner=owner, name="svc-pred", pool=pool, status=ServiceStatus.RUNNING)
-    ServiceVersionConfig.objects.create(service=service, app_version=demo_version, flavor=flavors["small"])
-    return service
 
 
 @pytest.mark.django_db

@@ -5,7 +5,6 @@ does, from Celery beat, and breaks containers behind its back.
 """
 
 import gc
-import time
 import uuid
 from collections import Counter
 from contextlib import contextmanager
@@ -22,7 +21,9 @@ from services.choices import ServiceStatus, VersionStatus
 from services.lifecycle import service_deploy_run
 from services.models import AIApplicationVersion, Instance, Service, ServiceEvent
 from services.reconcile import RECONCILE_LOCK_KEY, reconcile, restart_backoff_seconds
-from tests.conftest import DEMO_IMAGE_V1, containers_of, create_service, make_version, wait_for_status
+from tests.conftest import containers_of
+from tests.factories import DEMO_IMAGE_V1, create_service, make_version
+from tests.waiting import eventually, wait_for_status
 
 pytestmark = pytest.mark.docker
 
@@ -209,11 +210,14 @@ def test_an_instance_that_keeps_dying_is_restarted_with_backoff_and_healthy_rese
         f"Instance {instance.container_name} had exited; restarted it (4 times since it was last healthy; "
         "next try in 16 s)"
     )
-    deadline = time.monotonic() + 10
-    while Service.objects.get(id=service.id).status != ServiceStatus.RUNNING:
-        assert time.monotonic() < deadline, "the restarted instance never turned healthy"
-        time.sleep(0.2)
+
+    def running_after_a_cycle() -> bool:
+        if Service.objects.get(id=service.id).status == ServiceStatus.RUNNING:
+            return True
         reconcile()
+        return False
+
+    eventually(running_after_a_cycle, timeout=30, interval=0.2, message="the restarted instance never turned healthy")
     assert Instance.objects.get(id=instance.id).crash_streak == 0
 
 
@@ -286,12 +290,10 @@ class TestReconcileLoop:
         victim = service.instances.get(index=0)
         docker_client.containers.get(victim.container_name).kill()
 
-        degraded = wait_for_status(service.id, {ServiceStatus.ALARM, ServiceStatus.ABNORMAL}, 10)
+        degraded = wait_for_status(service.id, {ServiceStatus.ALARM, ServiceStatus.ABNORMAL}, 20)
         assert degraded.status == ServiceStatus.ALARM
         assert degraded.status_reason == "1/2 instance(s) healthy"
-        started = time.monotonic()
-        wait_for_status(service.id, ServiceStatus.RUNNING, 15)
-        assert time.monotonic() - started < 15
+        wait_for_status(service.id, ServiceStatus.RUNNING, 30)
 
         victim.refresh_from_db()
         assert victim.restart_count == 1
@@ -317,10 +319,10 @@ class TestReconcileLoop:
             for instance in service.instances.all():
                 docker_client.containers.get(instance.container_name).kill()
 
-        degraded = wait_for_status(service.id, {ServiceStatus.ALARM, ServiceStatus.ABNORMAL}, 10)
+        degraded = wait_for_status(service.id, {ServiceStatus.ALARM, ServiceStatus.ABNORMAL}, 20)
         assert degraded.status == ServiceStatus.ABNORMAL
         assert degraded.status_reason == "0/2 instance(s) healthy"
-        wait_for_status(service.id, ServiceStatus.RUNNING, 15)
+        wait_for_status(service.id, ServiceStatus.RUNNING, 30)
 
         messages = events_of(service.id)
         assert "Abnormal: 0/2 instance(s) healthy" in messages
@@ -334,15 +336,21 @@ class TestReconcileLoop:
         old_id = victim.container_id
         docker_client.containers.get(victim.container_name).remove(force=True)
 
-        wait_for_status(service.id, {ServiceStatus.ALARM, ServiceStatus.ABNORMAL}, 10)
-        wait_for_status(service.id, ServiceStatus.RUNNING, 15)
+        wait_for_status(service.id, {ServiceStatus.ALARM, ServiceStatus.ABNORMAL}, 20)
+        wait_for_status(service.id, ServiceStatus.RUNNING, 30)
 
         victim.refresh_from_db()
         recreated = docker_client.containers.get(victim.container_name)
         assert recreated.id == victim.container_id != old_id
         assert recreated.labels[runtime.LABEL_SERVICE] == str(service.id)
         assert len(containers_of(docker_client, service.id)) == 2
-        assert f"Instance {victim.container_name} was missing; restarted it" in events_of(service.id)
+        # A cycle may see the force-removed container while it is still dying
+        # ("had exited", "was removing") rather than gone ("was missing").
+        messages = events_of(service.id)
+        assert any(
+            message.startswith(f"Instance {victim.container_name} ") and "; restarted it" in message
+            for message in messages
+        ), "\n".join(messages)
 
     def test_a_deploy_whose_worker_died_is_taken_up_again(
         self, shared_celery_stack, docker_client, owner, pool, flavors, enqueued

@@ -1,14 +1,14 @@
 """services.runtime against the real Docker engine."""
 
 import http.client
-import time
 import uuid
 
 import pytest
 from django.conf import settings
 
 from services import runtime
-from tests.conftest import DEMO_IMAGE_V1
+from tests.factories import DEMO_IMAGE_V1
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -66,20 +66,23 @@ def test_ensure_container_running_starts_a_stopped_container_instead_of_making_a
 
 def test_ensure_container_running_publishes_on_loopback_and_the_server_answers(engine):
     info = runtime.ensure_container_running(engine, spec_for(unique_name()))
-    deadline = time.monotonic() + 10
-    while True:
+
+    def health() -> tuple[int, bytes]:
         connection = http.client.HTTPConnection("127.0.0.1", info.host_port, timeout=2)
         try:
             connection.request("GET", "/health")
             response = connection.getresponse()
-            body = response.read()
-            break
-        except (OSError, http.client.HTTPException):
-            assert time.monotonic() < deadline, f"nothing answered on 127.0.0.1:{info.host_port}"
-            time.sleep(0.1)
+            return response.status, response.read()
         finally:
             connection.close()
-    assert response.status == 200
+
+    status, body = eventually(
+        health,
+        timeout=30,
+        message=f"nothing answered on 127.0.0.1:{info.host_port}",
+        ignoring=(OSError, http.client.HTTPException),
+    )
+    assert status == 200
     assert b'"ok"' in body
 
 
@@ -126,10 +129,12 @@ def test_list_managed_containers_only_lists_the_given_console(engine):
 def test_container_logs_returns_the_servers_output(engine):
     spec = spec_for(unique_name(), environment={"CRASH_ON_START": "1"})
     runtime.ensure_container_running(engine, spec)
-    deadline = time.monotonic() + 10
-    while (info := runtime.inspect_container(engine, spec.name)).state != "exited":
-        assert time.monotonic() < deadline, f"container still {info.state}"
-        time.sleep(0.05)
+
+    def exited() -> runtime.ContainerInfo | None:
+        info = runtime.inspect_container(engine, spec.name)
+        return info if info.state == "exited" else None
+
+    info = eventually(exited, timeout=30, interval=0.05, message="the container never exited")
 
     assert info.exit_code == 1
     assert "failed to start (CRASH_ON_START is set)" in runtime.container_logs(engine, spec.name)

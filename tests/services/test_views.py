@@ -9,28 +9,14 @@ import pytest
 from django.urls import reverse
 
 from services.choices import InstanceState, ServiceStatus, VersionStatus
-from services.models import AIApplication, AIApplicationVersion, Instance, Service, ServiceEvent, ServiceVersionConfig
-from tests.conftest import make_version
+from services.models import AIApplication, AIApplicationVersion, Instance, Service, ServiceEvent
+from tests.factories import make_service, make_version
 
 pytestmark = pytest.mark.django_db
 
 
 def page_text(response) -> str:
     return html.unescape(response.content.decode())
-
-
-def make_service(owner, pool, flavor, version, name="svc-one", status=ServiceStatus.RUNNING, **fields) -> Service:
-    envs = fields.pop("envs", {})
-    service = Service.objects.create(owner=owner, name=name, pool=pool, status=status, **fields)
-    ServiceVersionConfig.objects.create(
-        service=service, app_version=version, flavor=flavor, instance_count=1, envs=envs
-    )
-    return service
-
-
-@pytest.fixture
-def service(owner, pool, flavors, demo_version) -> Service:
-    return make_service(owner, pool, flavors["small"], demo_version)
 
 
 def refreshed_status(service: Service) -> str:
@@ -110,7 +96,9 @@ def test_another_user_gets_404_for_the_detail_polling_request(client, other_user
 
 
 def test_another_user_cannot_delete_a_stopped_service(client, other_user, owner, pool, flavors, demo_version):
-    stopped = make_service(owner, pool, flavors["small"], demo_version, name="stopped", status=ServiceStatus.STOPPED)
+    stopped = make_service(
+        owner, pool, version=demo_version, flavor=flavors["small"], name="stopped", status=ServiceStatus.STOPPED
+    )
     client.force_login(other_user)
 
     assert client.post(reverse("services:start", args=[stopped.id])).status_code == 404
@@ -171,7 +159,7 @@ def test_stop_from_the_detail_page_returns_to_the_detail_page(owner_client, serv
 
 
 def test_start_of_a_stopped_service_marks_it_deploying(owner_client, owner, pool, flavors, demo_version):
-    stopped = make_service(owner, pool, flavors["small"], demo_version, status=ServiceStatus.STOPPED)
+    stopped = make_service(owner, pool, version=demo_version, flavor=flavors["small"], status=ServiceStatus.STOPPED)
 
     response = owner_client.post(reverse("services:start", args=[stopped.id]), follow=True)
 
@@ -181,7 +169,7 @@ def test_start_of_a_stopped_service_marks_it_deploying(owner_client, owner, pool
 
 
 def test_start_while_deploying_is_refused_with_a_message(owner_client, owner, pool, flavors, demo_version):
-    deploying = make_service(owner, pool, flavors["small"], demo_version, status=ServiceStatus.DEPLOYING)
+    deploying = make_service(owner, pool, version=demo_version, flavor=flavors["small"], status=ServiceStatus.DEPLOYING)
 
     response = owner_client.post(reverse("services:start", args=[deploying.id]), follow=True)
 
@@ -192,7 +180,7 @@ def test_start_while_deploying_is_refused_with_a_message(owner_client, owner, po
 
 
 def test_stop_while_stopped_is_refused_with_a_message(owner_client, owner, pool, flavors, demo_version):
-    stopped = make_service(owner, pool, flavors["small"], demo_version, status=ServiceStatus.STOPPED)
+    stopped = make_service(owner, pool, version=demo_version, flavor=flavors["small"], status=ServiceStatus.STOPPED)
 
     response = owner_client.post(reverse("services:stop", args=[stopped.id]), follow=True)
 
@@ -224,7 +212,7 @@ def test_delete_from_the_detail_page_returns_to_the_list(owner_client, service):
 
 def test_list_shows_only_the_users_own_services(owner_client, service, other_user, pool, flavors):
     theirs_version = make_version(other_user, application_name="their-model")
-    theirs = make_service(other_user, pool, flavors["small"], theirs_version, name="their-svc")
+    theirs = make_service(other_user, pool, version=theirs_version, flavor=flavors["small"], name="their-svc")
 
     response = owner_client.get(reverse("services:list"))
 
@@ -259,8 +247,10 @@ def test_list_without_services_invites_a_deploy(owner_client):
 
 @pytest.mark.parametrize("status", [ServiceStatus.DEPLOYING, ServiceStatus.STOPPING, ServiceStatus.DELETING])
 def test_list_polls_while_a_service_is_in_transition(owner_client, owner, pool, flavors, demo_version, status):
-    make_service(owner, pool, flavors["small"], demo_version, name="steady", status=ServiceStatus.RUNNING)
-    make_service(owner, pool, flavors["small"], demo_version, name="moving", status=status)
+    make_service(
+        owner, pool, version=demo_version, flavor=flavors["small"], name="steady", status=ServiceStatus.RUNNING
+    )
+    make_service(owner, pool, version=demo_version, flavor=flavors["small"], name="moving", status=status)
 
     response = owner_client.get(reverse("services:list"))
 
@@ -270,8 +260,12 @@ def test_list_polls_while_a_service_is_in_transition(owner_client, owner, pool, 
 
 
 def test_list_stops_polling_once_nothing_is_in_transition(owner_client, owner, pool, flavors, demo_version):
-    make_service(owner, pool, flavors["small"], demo_version, name="running", status=ServiceStatus.RUNNING)
-    make_service(owner, pool, flavors["small"], demo_version, name="stopped", status=ServiceStatus.STOPPED)
+    make_service(
+        owner, pool, version=demo_version, flavor=flavors["small"], name="running", status=ServiceStatus.RUNNING
+    )
+    make_service(
+        owner, pool, version=demo_version, flavor=flavors["small"], name="stopped", status=ServiceStatus.STOPPED
+    )
 
     page = owner_client.get(reverse("services:list"))
     fragment = owner_client.get(reverse("services:list"), HTTP_HX_REQUEST="true")
@@ -282,7 +276,7 @@ def test_list_stops_polling_once_nothing_is_in_transition(owner_client, owner, p
 
 
 def test_list_polling_request_returns_only_the_rows(owner_client, owner, pool, flavors, demo_version):
-    make_service(owner, pool, flavors["small"], demo_version, status=ServiceStatus.DEPLOYING)
+    make_service(owner, pool, version=demo_version, flavor=flavors["small"], status=ServiceStatus.DEPLOYING)
 
     response = owner_client.get(reverse("services:list"), HTTP_HX_REQUEST="true")
 
@@ -298,7 +292,7 @@ def _services(owner, pool, flavors, demo_version, count: int) -> None:
     node = pool.nodes.get()
     for n in range(count):
         service = make_service(
-            owner, pool, flavors["small"], demo_version, name=f"svc-{n}", status=ServiceStatus.DEPLOYING
+            owner, pool, version=demo_version, flavor=flavors["small"], name=f"svc-{n}", status=ServiceStatus.DEPLOYING
         )
         Instance.objects.create(
             service=service, config=service.configs.get(), index=0, node=node, container_name=f"svc-{n}-0"
@@ -342,8 +336,8 @@ def detailed_service(owner, pool, flavors, demo_version) -> Service:
     service = make_service(
         owner,
         pool,
-        flavors["small"],
-        demo_version,
+        version=demo_version,
+        flavor=flavors["small"],
         name="svc-detail",
         description="serves the demo",
         timeout_minutes=7,
@@ -393,7 +387,9 @@ def test_detail_shows_configuration_instances_and_events(owner_client, detailed_
 
 
 def test_detail_polls_only_while_in_transition(owner_client, owner, pool, flavors, demo_version, detailed_service):
-    deploying = make_service(owner, pool, flavors["small"], demo_version, name="moving", status=ServiceStatus.DEPLOYING)
+    deploying = make_service(
+        owner, pool, version=demo_version, flavor=flavors["small"], name="moving", status=ServiceStatus.DEPLOYING
+    )
 
     steady = owner_client.get(reverse("services:detail", args=[detailed_service.id]))
     moving = owner_client.get(reverse("services:detail", args=[deploying.id]))
@@ -412,8 +408,12 @@ def test_detail_polling_request_returns_only_the_live_part(owner_client, detaile
 
 
 def test_detail_offers_only_the_actions_the_status_allows(owner_client, owner, pool, flavors, demo_version):
-    running = make_service(owner, pool, flavors["small"], demo_version, name="running", status=ServiceStatus.RUNNING)
-    stopped = make_service(owner, pool, flavors["small"], demo_version, name="stopped", status=ServiceStatus.STOPPED)
+    running = make_service(
+        owner, pool, version=demo_version, flavor=flavors["small"], name="running", status=ServiceStatus.RUNNING
+    )
+    stopped = make_service(
+        owner, pool, version=demo_version, flavor=flavors["small"], name="stopped", status=ServiceStatus.STOPPED
+    )
 
     running_page = owner_client.get(reverse("services:detail", args=[running.id])).content.decode()
     stopped_page = owner_client.get(reverse("services:detail", args=[stopped.id])).content.decode()
