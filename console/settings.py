@@ -1,3 +1,4 @@
+from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -57,11 +58,14 @@ INSTALLED_APPS = [
     "services",
     "access",
     "api",
+    # Throttles logins: the console's, the admin's and POST /api/v1/auth/tokens.
+    "axes",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "console.middleware.RejectUnstorableInput",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -69,7 +73,22 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a refused login into the lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# After LOGIN_FAILURE_LIMIT wrong passwords for one account, or from one client
+# address, logins are refused for LOGIN_LOCKOUT_SECONDS (429 with Retry-After).
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("LOGIN_LOCKOUT_SECONDS", 300))
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "console.views.login_locked_out"
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "console.urls"
 
@@ -154,6 +173,7 @@ CELERY_TASK_DEFAULT_QUEUE = "lifecycle"
 CELERY_TASK_ROUTES = {
     "services.tasks.reconcile_task": {"queue": "reconcile"},
     "services.tasks.version_check_image_task": {"queue": "reconcile"},
+    "access.tasks.access_tokens_purge_task": {"queue": "reconcile"},
 }
 # A deploy may wait up to the longest service timeout (120 min); its hard limit
 # stays below the broker's visibility timeout so Redis never hands a message
@@ -169,6 +189,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": RECONCILE_INTERVAL_SECONDS,
         "options": {"expires": RECONCILE_INTERVAL_SECONDS * 2},
     },
+    "purge-tokens": {
+        "task": "access.tasks.access_tokens_purge_task",
+        "schedule": 3600.0,
+        "options": {"expires": 1800},
+    },
 }
 
 # --- Engines and services ------------------------------------------------------
@@ -182,6 +207,8 @@ CONSOLE_ID = env_str("CONSOLE_ID", "console")
 INSTANCE_HOST = GATEWAY.instance_host
 MAX_INSTANCES_PER_VERSION = env_int("MAX_INSTANCES_PER_VERSION", 128)
 MAX_SERVICES_PER_USER = env_int("MAX_SERVICES_PER_USER", 20)
+# Version rows (gray launch) in one service; a request with more is refused before any is read.
+MAX_CONFIGS_PER_SERVICE = env_int("MAX_CONFIGS_PER_SERVICE", 10)
 SERVICE_TIMEOUT_DEFAULT_MINUTES = 20
 SERVICE_TIMEOUT_MIN_MINUTES = env_int("SERVICE_TIMEOUT_MIN_MINUTES", 3)
 SERVICE_TIMEOUT_MAX_MINUTES = 120
@@ -191,6 +218,10 @@ HEALTH_PROBE_TIMEOUT_SECONDS = env_float("HEALTH_PROBE_TIMEOUT_SECONDS", 1.0)
 TASK_LEASE_SECONDS = env_int("TASK_LEASE_SECONDS", 30)
 CONTAINER_LOG_TAIL_LINES = env_int("CONTAINER_LOG_TAIL_LINES", 50)
 # What every model container runs under (see README, Security).
+# "allow": model containers may reach the outside world; "deny": nothing outside their service's network.
+CONTAINER_EGRESS = env_str("CONTAINER_EGRESS", "allow")
+if CONTAINER_EGRESS not in ("allow", "deny"):
+    raise ImproperlyConfigured(f"CONTAINER_EGRESS must be allow or deny, got {CONTAINER_EGRESS!r}")
 CONTAINER_PIDS_LIMIT = env_int("CONTAINER_PIDS_LIMIT", 256)
 CONTAINER_CAPABILITIES = env_list("CONTAINER_CAPABILITIES", ["CHOWN", "SETGID", "SETUID", "NET_BIND_SERVICE"])
 CONTAINER_NO_NEW_PRIVILEGES = env_bool("CONTAINER_NO_NEW_PRIVILEGES", True)
@@ -212,6 +243,10 @@ GATEWAY_FULL_RELOAD_SECONDS = GATEWAY.full_reload_seconds
 ROUTING_SYNC_TIMEOUT_SECONDS = env_float("ROUTING_SYNC_TIMEOUT_SECONDS", 2.0)
 ACCESS_TOKEN_DEFAULT_DAYS = 90
 ACCESS_TOKEN_MAX_DAYS = 365
+# Live API tokens per user; creating one more revokes the oldest.
+ACCESS_TOKEN_MAX_LIVE = env_int("ACCESS_TOKEN_MAX_LIVE", 20)
+# Expired and revoked API tokens stay listed this long, then the beat schedule deletes them.
+ACCESS_TOKEN_KEEP_DAYS = env_int("ACCESS_TOKEN_KEEP_DAYS", 30)
 CONSOLE_TOKEN_SECONDS = env_int("CONSOLE_TOKEN_SECONDS", 3600)
 PREDICTION_UPLOAD_MAX_BYTES = 8 * 1024 * 1024
 # The Prediction tab's call holds a web worker thread: it waits this long at most.

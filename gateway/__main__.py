@@ -13,6 +13,8 @@ import os
 import signal
 import sys
 import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
 
 from gateway.app import serve, serve_child
 from gateway.config import GatewayConfig
@@ -35,12 +37,12 @@ def main() -> None:
     context = multiprocessing.get_context("spawn")
     stopping = False
 
-    def start() -> multiprocessing.Process:
+    def start() -> BaseProcess:
         process = context.Process(target=serve_child, args=(config, os.getpid()), daemon=False)
         process.start()
         return process
 
-    def stop(signum, frame) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
 

@@ -8,9 +8,10 @@ import datetime as dt
 import json
 import logging
 import os
-import random
 import signal
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import psycopg
 from aiohttp import web
@@ -19,14 +20,15 @@ from multidict import CIMultiDict
 try:
     import uvloop
 except ImportError:  # optional: the gateway works on asyncio's own loop
-    uvloop = None
+    uvloop = None  # type: ignore[assignment]
 
 from gateway import store
 from gateway import upstream as upstream_client
 from gateway.config import DatabaseConfig, GatewayConfig
-from gateway.routing import AuthResult, RoutingTable, ServiceRoute, VersionRoute, authorize
+from gateway.keeper import TableHolder, TableKeeper
+from gateway.routing import AuthResult, RoutingTable, ServiceRoute, Upstream, VersionRoute, authorize
 from gateway.stats import CallStats
-from services.contract import CALLABLE_STATUSES, INFER_PREFIX, ErrorCode, secret_hash, status_label
+from services.contract import INFER_PREFIX, ErrorCode, secret_hash, status_label
 
 log = logging.getLogger("gateway")
 
@@ -50,10 +52,12 @@ BUFFERED_RESPONSE_BYTES = 256 * 1024
 SUSPECT_SECONDS = 2.0
 
 CONFIG = web.AppKey("config", GatewayConfig)
-TABLE = web.AppKey("table", dict)
+TABLE = web.AppKey("table", TableHolder)
+KEEPER = web.AppKey("keeper", TableKeeper)
 STATS = web.AppKey("stats", CallStats)
 POOL = web.AppKey("pool", upstream_client.Pool)
-SUSPECTS = web.AppKey("suspects", dict)
+# An upstream that refused a connection -> until when (monotonic) it is tried last.
+SUSPECTS = web.AppKey("suspects", dict[Upstream, float])
 
 
 def conninfo(db: DatabaseConfig) -> str:
@@ -100,7 +104,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
 def _callable_service(request: web.Request) -> ServiceRoute | web.Response:
     """The service the caller may call now, or the error to answer with."""
     app = request.app
-    table: RoutingTable = app[TABLE]["current"]
+    table: RoutingTable = app[TABLE].current
     service_id = request.match_info["service_id"]
     token, app_code = _credentials(request)
     if token is None and app_code is None:
@@ -117,7 +121,7 @@ def _callable_service(request: web.Request) -> ServiceRoute | web.Response:
         return error(404, ErrorCode.NOT_FOUND, f"Service {service_id} does not exist.")
     if token_hash in table.tokens:
         app[STATS].token_used(token_hash)
-    if service.status not in CALLABLE_STATUSES:
+    if not service.is_routable:
         label = status_label(service.status)
         return error(503, ErrorCode.NOT_CALLABLE, f"Service {service_id} is {label}, not Running.")
     return service
@@ -132,9 +136,9 @@ def _forwarded_headers(request: web.Request) -> list[tuple[str, str]]:
     return headers
 
 
-def _suspected_upstreams(app: web.Application) -> set[tuple[str, int]]:
+def _suspected_upstreams(app: web.Application) -> set[Upstream]:
     """Instances that refused a connection a moment ago."""
-    suspects: dict = app[SUSPECTS]
+    suspects = app[SUSPECTS]
     if not suspects:
         return set()
     now = time.monotonic()
@@ -166,10 +170,10 @@ async def _proxy(
     rest_at = raw_path.find("/", PREFIX_LENGTH)
     query = rel_url.raw_query_string
     target_query = "?" + query if query else ""
-    suspects: dict = app[SUSPECTS]
+    suspects = app[SUSPECTS]
     avoid = _suspected_upstreams(app)
-    tried: set[tuple[str, int]] = set()
-    rng = app[TABLE]["rng"]
+    tried: set[Upstream] = set()
+    rng = app[TABLE].rng
     pool: upstream_client.Pool = app[POOL]
     stats: CallStats = app[STATS]
 
@@ -264,30 +268,20 @@ async def _relay(
 
 
 async def health(request: web.Request) -> web.Response:
-    table: RoutingTable = request.app[TABLE]["current"]
-    return web.json_response({"status": "ok", "services": len(table.services), "loaded_at": table.loaded_at})
-
-
-async def _refresh_loop(app: web.Application) -> None:
-    config = app[CONFIG]
-    conn = None
-    while True:
-        try:
-            if conn is None or conn.closed:
-                conn = await store.connect(conninfo(config.database))
-            holder = app[TABLE]
-            holder["current"] = await store.load_table(conn, config.instance_host, holder["current"])
-            holder["ready"].set()
-        except (psycopg.Error, OSError) as exc:
-            log.warning("routing table reload failed, keeping the last one: %s", exc)
-            conn = None
-        _forget_stale(app)
-        await asyncio.sleep(config.refresh_seconds)
+    """The table's size and freshness: every change committed before `loaded_at`
+    (a UNIX time) is in it. Each request also asks the keeper to move
+    `loaded_at` up to now, so polling /healthz tells when a change is in."""
+    table: RoutingTable = request.app[TABLE].current
+    keeper = request.app[KEEPER]
+    keeper.request_probe()
+    return web.json_response(
+        {"status": "ok", "services": len(table.services), "loaded_at": table.loaded_at, **keeper.health()}
+    )
 
 
 def _forget_stale(app: web.Application) -> None:
     """Drop lapsed suspicions and long-idle upstream connections, so neither piles up."""
-    suspects: dict = app[SUSPECTS]
+    suspects = app[SUSPECTS]
     if suspects:
         now = time.monotonic()
         for upstream in [u for u, until in suspects.items() if until <= now]:
@@ -296,14 +290,14 @@ def _forget_stale(app: web.Application) -> None:
 
 
 async def _flush_loop(app: web.Application) -> None:
-    conn = None
+    conn_holder: dict[str, psycopg.AsyncConnection[Any] | None] = {"conn": None}
     while True:
         await asyncio.sleep(1.0)
-        await _flush_once(app, conn_holder := {"conn": conn})
-        conn = conn_holder["conn"]
+        await _flush_once(app, conn_holder)
+        _forget_stale(app)
 
 
-async def _flush_once(app: web.Application, conn_holder: dict) -> None:
+async def _flush_once(app: web.Application, conn_holder: dict[str, psycopg.AsyncConnection[Any] | None]) -> None:
     stats: CallStats = app[STATS]
     batch = stats.take()
     used_tokens = stats.take_used_tokens()
@@ -312,22 +306,23 @@ async def _flush_once(app: web.Application, conn_holder: dict) -> None:
     now = dt.datetime.now(dt.UTC)
     bucket_start = now.replace(second=0, microsecond=0)
     try:
-        if conn_holder["conn"] is None or conn_holder["conn"].closed:
-            conn_holder["conn"] = await store.connect(conninfo(app[CONFIG].database))
-        await store.flush_stats(conn_holder["conn"], batch, bucket_start)
-        await store.touch_tokens(conn_holder["conn"], used_tokens, now)
+        conn = conn_holder["conn"]
+        if conn is None or conn.closed:
+            conn = conn_holder["conn"] = await store.connect(conninfo(app[CONFIG].database))
+        await store.flush_stats(conn, batch, bucket_start)
+        await store.touch_tokens(conn, used_tokens, now)
     except (psycopg.Error, OSError) as exc:
         log.warning("statistics flush failed, keeping the counts for the next one: %s", exc)
         stats.put_back(batch)
         conn_holder["conn"] = None
 
 
-async def _start_background(app: web.Application):
+async def _start_background(app: web.Application) -> AsyncIterator[None]:
     app[POOL] = upstream_client.Pool()
-    refresh = asyncio.create_task(_refresh_loop(app))
+    refresh = asyncio.create_task(app[KEEPER].run())
     flush = asyncio.create_task(_flush_loop(app))
     try:
-        await asyncio.wait_for(app[TABLE]["ready"].wait(), timeout=10)
+        await asyncio.wait_for(app[TABLE].ready.wait(), timeout=10)
     except TimeoutError:
         log.warning("no routing table after 10 s; answering with an empty one until the database answers")
     yield
@@ -340,7 +335,8 @@ async def _start_background(app: web.Application):
 def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_body_bytes + 1)
     app[CONFIG] = config
-    app[TABLE] = {"current": RoutingTable(), "ready": asyncio.Event(), "rng": random.Random()}
+    app[TABLE] = TableHolder()
+    app[KEEPER] = TableKeeper(config, conninfo(config.database), app[TABLE])
     app[STATS] = CallStats()
     app[SUSPECTS] = {}
     app.router.add_route("*", "/v1/infers/{service_id}", infer)

@@ -39,8 +39,9 @@ class GatewayConfig:
     processes: int
     call_timeout_seconds: float
     max_body_bytes: int
-    # The timed full reload of the routing table.
-    refresh_seconds: float
+    # Changes reach the routing table as they are committed (LISTEN/NOTIFY);
+    # this timed full reload is only a safety net.
+    full_reload_seconds: float
     # Where the engines publish the instances' ports.
     instance_host: str
     database: DatabaseConfig
@@ -53,7 +54,7 @@ class GatewayConfig:
             processes=env_int("GATEWAY_PROCESSES", 0),
             call_timeout_seconds=env_float("GATEWAY_CALL_TIMEOUT_SECONDS", 60.0),
             max_body_bytes=env_int("GATEWAY_MAX_BODY_BYTES", 12 * 1024 * 1024),
-            refresh_seconds=env_float("GATEWAY_REFRESH_SECONDS", 0.5),
+            full_reload_seconds=env_float("GATEWAY_FULL_RELOAD_SECONDS", 300.0),
             instance_host=env_str("INSTANCE_HOST", "127.0.0.1"),
             database=DatabaseConfig.from_env(),
         )

@@ -1,13 +1,40 @@
-"""The in-memory routing table and the pure choices made from it."""
+"""The in-memory routing table and the pure choices made from it.
+
+A table is built whole by a full reload (TableBuilder, fed in chunks) and then
+patched in place as the database reports changes (RoutingTable.patch_*). A
+patch never changes a ServiceRoute a call may hold: it puts a new one in its
+place, sharing the round-robin cursor of each version that is still there.
+"""
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
-from services.contract import secret_hash
+from services.choices import ServiceStatus
+from services.contract import CALLABLE_STATUSES, secret_hash
+
+Upstream = tuple[str, int]
+# (service_id, owner_id, status, config_id, weight, predict_path, host_port or None)
+ServiceRow = Sequence[Any]
+# (token_hash, owner_id, expires_at as UNIX time[, is_valid])
+TokenRow = Sequence[Any]
+# (code_hash, service_id[, is_valid])
+AppCodeRow = Sequence[Any]
+
+
+class RoundRobin:
+    """The next position of a version's round robin; shared by the routes of
+    one configuration across reloads and patches, so no update resets it."""
+
+    __slots__ = ("next",)
+
+    def __init__(self, start: int = 0) -> None:
+        self.next = start
 
 
 @dataclass
@@ -15,15 +42,20 @@ class VersionRoute:
     config_id: int
     weight: int
     predict_path: str
-    upstreams: list[tuple[str, int]] = field(default_factory=list)
-    next_index: int = 0
+    upstreams: list[Upstream] = field(default_factory=list)
+    cursor: RoundRobin = field(default_factory=RoundRobin)
 
-    def pick_upstream(self, exclude: set[tuple[str, int]]) -> tuple[str, int] | None:
+    @property
+    def next_index(self) -> int:
+        return self.cursor.next
+
+    def pick_upstream(self, exclude: set[Upstream] | frozenset[Upstream]) -> Upstream | None:
         """Round robin over the healthy instances, skipping those in `exclude`."""
         count = len(self.upstreams)
+        cursor = self.cursor
         for _ in range(count):
-            upstream = self.upstreams[self.next_index % count]
-            self.next_index += 1
+            upstream = self.upstreams[cursor.next % count]
+            cursor.next += 1
             if upstream not in exclude:
                 return upstream
         return None
@@ -38,10 +70,13 @@ class ServiceRoute:
 
     @cached_property
     def serving_versions(self) -> list[VersionRoute]:
-        """Versions that take traffic and have a healthy instance (a table is never changed once built)."""
+        """Versions that take traffic and have a healthy instance (a route is
+        never changed once published: a patch replaces it)."""
         return [v for v in self.versions if v.weight > 0 and v.upstreams]
 
-    def pick_version(self, rng: random.Random, exclude: set[tuple[str, int]] = frozenset()) -> VersionRoute | None:
+    def pick_version(
+        self, rng: random.Random, exclude: set[Upstream] | frozenset[Upstream] = frozenset()
+    ) -> VersionRoute | None:
         """A version chosen by traffic weight among those with an instance left to try."""
         if exclude:
             candidates = [v for v in self.serving_versions if any(u not in exclude for u in v.upstreams)]
@@ -53,6 +88,19 @@ class ServiceRoute:
             return candidates[0]
         return rng.choices(candidates, weights=[v.weight for v in candidates])[0]
 
+    @property
+    def is_routable(self) -> bool:
+        """Whether calls go to the service now.
+
+        A Deploying service is routed as soon as an instance is healthy: the
+        deploy marks it Running only after every gateway process has seen its
+        healthy instances, so calls may be routed a moment before the status
+        says Running, never after.
+        """
+        if self.status in CALLABLE_STATUSES:
+            return True
+        return self.status == ServiceStatus.DEPLOYING and bool(self.serving_versions)
+
 
 @dataclass
 class RoutingTable:
@@ -61,11 +109,115 @@ class RoutingTable:
     tokens: dict[str, tuple[int, float]] = field(default_factory=dict)
     # sha256(app code) -> service id
     app_codes: dict[str, str] = field(default_factory=dict)
+    # Every change committed before this UNIX time is in the table (0: not loaded yet).
     loaded_at: float = 0.0
 
+    def patch_services(self, service_ids: Iterable[str], rows: Iterable[ServiceRow], instance_host: str) -> None:
+        """Replace the routes of these services by the ones their current rows
+        describe; a service without rows is gone (deleted, or has no version)."""
+        fresh = services_from_rows(rows, instance_host, self.services)
+        for service_id in service_ids:
+            if service_id not in fresh:
+                self.services.pop(service_id, None)
+        self.services.update(fresh)
 
-def build_table(service_rows, token_rows, app_code_rows, instance_host: str, previous: RoutingTable | None = None):
-    """Build a table from the loader's rows.
+    def patch_tokens(self, token_hashes: Iterable[str], rows: Iterable[TokenRow]) -> None:
+        """Apply the current rows of some tokens: (hash, owner, expiry, is_valid).
+        A token named in `token_hashes` without a row was deleted."""
+        for token_hash in token_hashes:
+            self.tokens.pop(token_hash, None)
+        for token_hash, owner_id, expires_at, is_valid in rows:
+            if is_valid:
+                self.tokens[token_hash] = (owner_id, expires_at)
+            else:
+                self.tokens.pop(token_hash, None)
+
+    def patch_app_codes(self, code_hashes: Iterable[str], rows: Iterable[AppCodeRow]) -> None:
+        """Apply the current rows of some app codes: (hash, service id, is_valid)."""
+        for code_hash in code_hashes:
+            self.app_codes.pop(code_hash, None)
+        for code_hash, service_id, is_valid in rows:
+            if is_valid:
+                self.app_codes[code_hash] = str(service_id)
+            else:
+                self.app_codes.pop(code_hash, None)
+
+
+def _cursor_of(previous: ServiceRoute | None, config_id: int) -> RoundRobin:
+    if previous is not None:
+        for version in previous.versions:
+            if version.config_id == config_id:
+                return version.cursor
+    return RoundRobin()
+
+
+def services_from_rows(
+    rows: Iterable[ServiceRow],
+    instance_host: str,
+    previous: dict[str, ServiceRoute] | None = None,
+    into: dict[str, ServiceRoute] | None = None,
+    versions: dict[int, VersionRoute] | None = None,
+) -> dict[str, ServiceRoute]:
+    """Routes built from service rows (instances in port order come out sorted).
+
+    Each version keeps the round-robin cursor of its route in `previous`.
+    `into` and `versions` let a full reload feed its rows in several chunks.
+    """
+    services: dict[str, ServiceRoute] = {} if into is None else into
+    by_config: dict[int, VersionRoute] = {} if versions is None else versions
+    for service_id, owner_id, status, config_id, weight, predict_path, host_port in rows:
+        service_id = str(service_id)
+        service = services.get(service_id)
+        if service is None:
+            service = services[service_id] = ServiceRoute(service_id, owner_id, status)
+        version = by_config.get(config_id)
+        if version is None:
+            old = previous.get(service_id) if previous is not None else None
+            version = by_config[config_id] = VersionRoute(
+                config_id, weight, predict_path, cursor=_cursor_of(old, config_id)
+            )
+            service.versions.append(version)
+        if host_port is not None:
+            version.upstreams.append((instance_host, host_port))
+    for version in by_config.values() if versions is None else ():
+        version.upstreams.sort()
+    return services
+
+
+class TableBuilder:
+    """A whole table, fed the loader's rows a chunk at a time (so a reload of a
+    large table never holds the event loop for long)."""
+
+    def __init__(self, instance_host: str, previous: RoutingTable | None = None) -> None:
+        self.instance_host = instance_host
+        self.previous = previous.services if previous is not None else None
+        self.services: dict[str, ServiceRoute] = {}
+        self.versions: dict[int, VersionRoute] = {}
+        self.tokens: dict[str, tuple[int, float]] = {}
+        self.app_codes: dict[str, str] = {}
+
+    def add_service_rows(self, rows: Iterable[ServiceRow]) -> None:
+        """Rows ordered by configuration and port, so each version's instances come in sorted."""
+        services_from_rows(rows, self.instance_host, self.previous, self.services, self.versions)
+
+    def add_token_rows(self, rows: Iterable[TokenRow]) -> None:
+        self.tokens.update((token_hash, (owner_id, expires_at)) for token_hash, owner_id, expires_at in rows)
+
+    def add_app_code_rows(self, rows: Iterable[AppCodeRow]) -> None:
+        self.app_codes.update((code_hash, str(service_id)) for code_hash, service_id in rows)
+
+    def table(self, loaded_at: float) -> RoutingTable:
+        return RoutingTable(self.services, self.tokens, self.app_codes, loaded_at)
+
+
+def build_table(
+    service_rows: Iterable[ServiceRow],
+    token_rows: Iterable[TokenRow],
+    app_code_rows: Iterable[AppCodeRow],
+    instance_host: str,
+    previous: RoutingTable | None = None,
+) -> RoutingTable:
+    """Build a table from the loader's rows in one go.
 
     service_rows: (service_id, owner_id, status, config_id, weight, predict_path, host_port or None)
     token_rows: (token_hash, owner_id, expires_at as UNIX time)
@@ -73,35 +225,13 @@ def build_table(service_rows, token_rows, app_code_rows, instance_host: str, pre
     Round-robin positions carry over from `previous`, so a reload does not send
     the next calls back to the first instance.
     """
-    services: dict[str, ServiceRoute] = {}
-    versions: dict[int, VersionRoute] = {}
-    for service_id, owner_id, status, config_id, weight, predict_path, host_port in service_rows:
-        service_id = str(service_id)
-        service = services.get(service_id)
-        if service is None:
-            service = services[service_id] = ServiceRoute(service_id, owner_id, status)
-        version = versions.get(config_id)
-        if version is None:
-            version = versions[config_id] = VersionRoute(config_id, weight, predict_path)
-            service.versions.append(version)
-        if host_port is not None:
-            version.upstreams.append((instance_host, host_port))
-    if previous is not None:
-        for service in services.values():
-            old = previous.services.get(service.service_id)
-            if old is None:
-                continue
-            old_positions = {v.config_id: v.next_index for v in old.versions}
-            for version in service.versions:
-                version.next_index = old_positions.get(version.config_id, 0)
-    for version in versions.values():
+    builder = TableBuilder(instance_host, previous)
+    builder.add_service_rows(service_rows)
+    for version in builder.versions.values():
         version.upstreams.sort()
-    return RoutingTable(
-        services=services,
-        tokens={token_hash: (owner_id, expires_at) for token_hash, owner_id, expires_at in token_rows},
-        app_codes={code_hash: str(service_id) for code_hash, service_id in app_code_rows},
-        loaded_at=time.time(),
-    )
+    builder.add_token_rows(token_rows)
+    builder.add_app_code_rows(app_code_rows)
+    return builder.table(time.time())
 
 
 class AuthResult:
@@ -117,7 +247,7 @@ def authorize(
     app_code: str | None,
     now: float,
     token_hash: str | None = None,
-):
+) -> tuple[str, ServiceRoute | None]:
     """Whether the credentials open this service: (result, service route or None).
 
     A credential that is missing, unknown, expired or revoked is 401; a good one

@@ -1,32 +1,52 @@
-"""The gateway's only database work: load the routing table, flush statistics.
+"""The gateway's only database work: read the routing table (whole, or the
+rows of what changed), flush statistics.
 
-Both run on a timer, never per call.
+None of it runs per call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import psycopg
 
-from gateway.routing import RoutingTable, build_table
+from gateway.routing import RoutingTable, TableBuilder
 
-SERVICES_SQL = """
-SELECT s.id, s.owner_id, s.status, c.id, c.weight, v.predict_path, i.host_port
+SERVICE_COLUMNS = """
+SELECT s.id::text, s.owner_id, s.status, c.id, c.weight, v.predict_path, i.host_port
 FROM services_service s
 JOIN services_serviceversionconfig c ON c.service_id = s.id
 JOIN services_aiapplicationversion v ON v.id = c.app_version_id
 LEFT JOIN services_instance i
   ON i.config_id = c.id AND i.is_healthy AND i.host_port IS NOT NULL
-ORDER BY c.position
 """
+# Ordered by port within a configuration: the instances come in sorted.
+SERVICES_SQL = SERVICE_COLUMNS + "ORDER BY c.position, i.host_port"
+SERVICES_BY_ID_SQL = SERVICE_COLUMNS + "WHERE s.id = ANY(%s::uuid[]) ORDER BY c.position, i.host_port"
+SERVICES_OF_VERSIONS_SQL = (
+    "SELECT DISTINCT service_id::text FROM services_serviceversionconfig WHERE app_version_id = ANY(%s::bigint[])"
+)
 # A deactivated user's tokens stop working, as they do for the REST API.
 TOKENS_SQL = """
 SELECT t.token_hash, t.owner_id, extract(epoch FROM t.expires_at)::float8
 FROM access_accesstoken t JOIN auth_user u ON u.id = t.owner_id
 WHERE t.revoked_at IS NULL AND t.expires_at > now() AND u.is_active
 """
-APP_CODES_SQL = "SELECT code_hash, service_id FROM access_appcode WHERE revoked_at IS NULL"
+# The rows of some tokens whatever their state, for a patch: (hash, owner, expiry, is_valid).
+TOKEN_PATCH_COLUMNS = """
+SELECT t.token_hash, t.owner_id, extract(epoch FROM t.expires_at)::float8,
+       t.revoked_at IS NULL AND t.expires_at > now() AND u.is_active
+FROM access_accesstoken t JOIN auth_user u ON u.id = t.owner_id
+"""
+TOKENS_BY_HASH_SQL = TOKEN_PATCH_COLUMNS + "WHERE t.token_hash = ANY(%s::text[])"
+TOKENS_BY_OWNER_SQL = TOKEN_PATCH_COLUMNS + "WHERE t.owner_id = ANY(%s::bigint[])"
+APP_CODES_SQL = "SELECT code_hash, service_id::text FROM access_appcode WHERE revoked_at IS NULL"
+APP_CODES_BY_HASH_SQL = (
+    "SELECT code_hash, service_id::text, revoked_at IS NULL FROM access_appcode WHERE code_hash = ANY(%s::text[])"
+)
 
 STATS_UPSERT_SQL = """
 INSERT INTO services_servicecallstat AS t (service_id, config_id, bucket_start, calls, failed, latency_hist)
@@ -45,22 +65,67 @@ WHERE id = %s
 """
 
 
-async def connect(conninfo: str) -> psycopg.AsyncConnection:
-    return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+async def connect(conninfo: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+    return await psycopg.AsyncConnection.connect(conninfo, autocommit=True, **kwargs)
 
 
-async def load_table(conn: psycopg.AsyncConnection, instance_host: str, previous: RoutingTable | None) -> RoutingTable:
+async def load_table(
+    conn: psycopg.AsyncConnection[Any],
+    instance_host: str,
+    previous: RoutingTable | None,
+    loaded_at: float,
+    chunk_rows: int = 1000,
+) -> RoutingTable:
+    """The whole table, turned into Python `chunk_rows` rows at a time with a
+    yield to the event loop between chunks, so calls keep flowing while a
+    large table loads. (libpq receives each result as it streams in; only
+    the conversion to Python and the building are chunked.)"""
+    builder = TableBuilder(instance_host, previous)
+    steps: tuple[tuple[str, Callable[[Iterable[Sequence[Any]]], None]], ...] = (
+        (SERVICES_SQL, builder.add_service_rows),
+        (TOKENS_SQL, builder.add_token_rows),
+        (APP_CODES_SQL, builder.add_app_code_rows),
+    )
+    for sql, add in steps:
+        async with conn.cursor(binary=True) as cursor:
+            await cursor.execute(sql)
+            while rows := await cursor.fetchmany(chunk_rows):
+                add(rows)
+                await asyncio.sleep(0)
+    return builder.table(loaded_at)
+
+
+async def service_rows(conn: psycopg.AsyncConnection[Any], service_ids: list[str]) -> list[tuple[Any, ...]]:
     async with conn.cursor() as cursor:
-        await cursor.execute(SERVICES_SQL)
-        service_rows = await cursor.fetchall()
-        await cursor.execute(TOKENS_SQL)
-        token_rows = await cursor.fetchall()
-        await cursor.execute(APP_CODES_SQL)
-        app_code_rows = await cursor.fetchall()
-    return build_table(service_rows, token_rows, app_code_rows, instance_host, previous)
+        await cursor.execute(SERVICES_BY_ID_SQL, (service_ids,))
+        return await cursor.fetchall()
 
 
-async def flush_stats(conn: psycopg.AsyncConnection, batch: dict, bucket_start: dt.datetime) -> None:
+async def services_of_versions(conn: psycopg.AsyncConnection[Any], version_ids: list[int]) -> list[str]:
+    async with conn.cursor() as cursor:
+        await cursor.execute(SERVICES_OF_VERSIONS_SQL, (version_ids,))
+        return [row[0] for row in await cursor.fetchall()]
+
+
+async def token_rows(
+    conn: psycopg.AsyncConnection[Any], *, token_hashes: list[str] | None = None, owner_ids: list[int] | None = None
+) -> list[tuple[Any, ...]]:
+    """(hash, owner, expiry, is_valid) of the named tokens, or of every token of the named owners."""
+    sql, values = (TOKENS_BY_HASH_SQL, token_hashes) if token_hashes is not None else (TOKENS_BY_OWNER_SQL, owner_ids)
+    async with conn.cursor() as cursor:
+        await cursor.execute(sql, (values,))
+        return await cursor.fetchall()
+
+
+async def app_code_rows(conn: psycopg.AsyncConnection[Any], code_hashes: list[str]) -> list[tuple[Any, ...]]:
+    async with conn.cursor() as cursor:
+        await cursor.execute(APP_CODES_BY_HASH_SQL, (code_hashes,))
+        return await cursor.fetchall()
+
+
+async def flush_stats(
+    conn: psycopg.AsyncConnection[Any], batch: dict[tuple[str, int], list[Any]], bucket_start: dt.datetime
+) -> None:
     """Add one interval's counts: batch maps (service_id, config_id) -> (calls, failed, histogram)."""
     if not batch:
         return
@@ -90,7 +155,7 @@ async def flush_stats(conn: psycopg.AsyncConnection, batch: dict, bucket_start: 
             )
 
 
-async def touch_tokens(conn: psycopg.AsyncConnection, token_hashes: set[str], used_at: dt.datetime) -> None:
+async def touch_tokens(conn: psycopg.AsyncConnection[Any], token_hashes: set[str], used_at: dt.datetime) -> None:
     """Record when tokens were last used: one statement a second, not one a call."""
     if token_hashes:
         await conn.execute(

@@ -61,13 +61,15 @@ class _Connection(asyncio.Protocol):
         self.received_any = False
 
     # -- protocol callbacks --
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A TCP transport (uvloop's is not a subclass of asyncio.Transport).
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         if len(self.buffer) > HIGH_WATER and not self.is_paused:
             self.is_paused = True
+            assert self.transport is not None
             self.transport.pause_reading()
         self._wake()
 
@@ -104,6 +106,7 @@ class _Connection(asyncio.Protocol):
         """Wait for more bytes: True once some arrived, False if the connection closed first."""
         if self.is_paused:
             self.is_paused = False
+            assert self.transport is not None
             self.transport.resume_reading()
         had = len(self.buffer)
         while True:
@@ -125,6 +128,7 @@ class _Connection(asyncio.Protocol):
             del self.buffer[:size]
         if self.is_paused and len(self.buffer) < HIGH_WATER // 2:
             self.is_paused = False
+            assert self.transport is not None
             self.transport.resume_reading()
         return data
 
@@ -152,7 +156,8 @@ class Response:
     )
 
     def __init__(self, pool: Pool, connection: _Connection, status: int, reason: str, headers: list[tuple[str, str]],
-                 content_length: int | None, framing: str, reusable: bool, timer) -> None:  # fmt: skip
+                 content_length: int | None, framing: str, reusable: bool,
+                 timer: asyncio.TimerHandle | None) -> None:  # fmt: skip
         self.status = status
         self.reason = reason
         self.headers = headers
@@ -235,7 +240,8 @@ class Response:
         connection = self._connection
         if connection is None:
             return
-        self._connection = None
+        # Released: only _finish reads it after this, and checks for None.
+        self._connection = None  # type: ignore[assignment]
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -357,8 +363,11 @@ class Pool:
                 connection.close()
                 raise
 
-    async def _exchange(self, connection: _Connection, method: str, data: bytes, timer) -> Response:
+    async def _exchange(
+        self, connection: _Connection, method: str, data: bytes, timer: asyncio.TimerHandle | None
+    ) -> Response:
         connection.received_any = False
+        assert connection.transport is not None
         connection.transport.write(data)
         while True:
             buffer = connection.buffer

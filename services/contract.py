@@ -23,6 +23,7 @@ __all__ = [
     "percentile_ms",
     "secret_hash",
     "status_label",
+    "RoutingNotice",
 ]
 
 # --- Calls ------------------------------------------------------------------------
@@ -61,6 +62,7 @@ class ErrorCode:
     METHOD_NOT_ALLOWED = "RTS.4050"
     CONFLICT = "RTS.4090"
     BODY_TOO_LARGE = "RTS.4130"
+    TOO_MANY_ATTEMPTS = "RTS.4290"
     INTERNAL = "RTS.5000"
     CONNECT_FAILED = "RTS.5020"
     BAD_UPSTREAM_ANSWER = "RTS.5021"
@@ -99,3 +101,53 @@ def percentile_ms(histogram: list[int], fraction: float) -> float | None:
         if seen >= rank:
             return LATENCY_BUCKETS_MS[index] if index < len(LATENCY_BUCKETS_MS) else float("inf")
     return float("inf")
+
+
+# --- Routing notifications ------------------------------------------------------------
+
+
+class RoutingNotice:
+    """How the database tells every gateway process what changed, and how the
+    console waits until each has applied it (services.routing_sync).
+
+    The triggers of services/migrations/0005_routing_notify.py write the same
+    payloads (frozen SQL: a change here needs a new migration too). Every
+    payload on CHANNEL is `<kind>:<value>`:
+      s:<service id>      a service, its versions' weights or its instances changed
+      v:<app version id>  a version's predict path changed (every service using it)
+      t:<token hash>      an access token was created, revoked, re-dated or deleted
+      u:<user id>         a user was (de)activated: all of their tokens
+      c:<code hash>       an app code was created, revoked or deleted
+      *                   a table was truncated: reload everything
+      y:<sync token>      a sync: answer on ACK_CHANNEL once everything before it is applied
+      h:<gateway id> <t>  a gateway's own probe: everything committed before t is applied
+    """
+
+    CHANNEL = "rts_routing"
+    ACK_CHANNEL = "rts_routing_ack"
+    # The LISTEN connection of every gateway process carries this application
+    # name once it listens, so pg_stat_activity lists the live gateways.
+    APPLICATION_PREFIX = "rts-gateway "
+
+    SERVICE = "s"
+    APP_VERSION = "v"
+    TOKEN = "t"
+    USER = "u"
+    APP_CODE = "c"
+    SYNC = "y"
+    PROBE = "h"
+    RELOAD_ALL = "*"
+
+    @classmethod
+    def application_name(cls, gateway_id: str) -> str:
+        return cls.APPLICATION_PREFIX + gateway_id
+
+    @staticmethod
+    def ack_payload(sync_token: str, gateway_id: str) -> str:
+        return f"{sync_token} {gateway_id}"
+
+    @staticmethod
+    def parse_ack(payload: str) -> tuple[str, str]:
+        """(sync token, gateway id) of an acknowledgement."""
+        sync_token, _, gateway_id = payload.partition(" ")
+        return sync_token, gateway_id

@@ -8,6 +8,7 @@ Containers have deterministic names, so a second run adopts the first's.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -28,6 +29,7 @@ from services.choices import InstanceState, ServiceStatus, VersionStatus
 from services.logs import container_log_excerpt_of
 from services.models import AIApplicationVersion, Instance, Service, ServiceEvent
 from services.probes import probe_health
+from services.routing_sync import routing_sync
 from services.transitions import service_event_add, service_transition
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,24 @@ def container_spec(service: Service, instance: Instance) -> runtime.ContainerSpe
         },
         publish_host=settings.INSTANCE_HOST,
         hardening=container_hardening(),
+        network=service_network_spec(service.id),
+    )
+
+
+def service_network_spec(service_id: uuid.UUID | str) -> runtime.NetworkSpec:
+    """The service's own bridge network on each engine it runs on. The bridge's
+    name says the egress policy (`rtsa…` may reach the outside world, `rtsd…`
+    may not), which scripts/engine-firewall.sh enforces on each engine host."""
+    name = f"rts-{settings.CONSOLE_ID}-{service_id}"
+    prefix = "rtsd" if settings.CONTAINER_EGRESS == "deny" else "rtsa"
+    return runtime.NetworkSpec(
+        name=name,
+        bridge_name=prefix + hashlib.sha256(name.encode()).hexdigest()[:11],
+        labels={
+            runtime.LABEL_MANAGED: "1",
+            runtime.LABEL_CONSOLE: settings.CONSOLE_ID,
+            runtime.LABEL_SERVICE: str(service_id),
+        },
     )
 
 
@@ -254,6 +274,9 @@ def _containers_start(service: Service, instances: list[Instance]) -> list[runti
     def start(instance: Instance) -> runtime.ContainerInfo:
         return runtime.ensure_container_running(instance.node.docker_host, container_spec(service, instance))
 
+    network = service_network_spec(service.id)
+    for docker_host in sorted({instance.node.docker_host for instance in instances}):
+        runtime.ensure_network(docker_host, network)
     return in_parallel(start, instances)
 
 
@@ -351,6 +374,9 @@ def service_deploy_run(*, service_id: uuid.UUID | str) -> str:
     except LeaseLost:
         return "lease lost"
 
+    # The gateway routes a Deploying service's healthy instances; Running is
+    # said only once every live gateway process does, never before.
+    routing_sync(service_id=service.id)
     running = f"Running: {len(instances)}/{len(instances)} instance(s) healthy"
     if service_transition(service.id, to=ServiceStatus.RUNNING, lease_token=token, event=running):
         return "running"
@@ -391,6 +417,9 @@ def service_delete_run(*, service_id: uuid.UUID | str) -> str:
     instances = list(Instance.objects.filter(service_id=service_id).select_related("node"))
     try:
         in_parallel(lambda i: runtime.remove_container(i.node.docker_host, i.container_name), instances)
+        network = service_network_spec(service_id).name
+        for docker_host in sorted({instance.node.docker_host for instance in instances}):
+            runtime.remove_network(docker_host, network)
     except runtime.EngineError as exc:
         service_event_add(service_id, f"Deleting failed, will retry: {exc}", level=ServiceEvent.Level.WARNING)
         lease_release_for_retry(service_id, token)
