@@ -12,7 +12,11 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from access.selectors import user_for_token
+from console.middleware import unstorable_reason
 from services.contract import ErrorCode
+
+# Deeper JSON than this is refused before any field is read.
+MAX_JSON_DEPTH = 32
 
 
 class ApiError(Exception):
@@ -57,9 +61,42 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
         body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, ErrorCode.BODY_MALFORMED, f"The request body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise ApiError(400, ErrorCode.BODY_MALFORMED, "The request body is nested too deeply.") from None
     if not isinstance(body, dict):
         raise ApiError(400, ErrorCode.BODY_MALFORMED, "The request body must be a JSON object.")
+    found = _first_unstorable(body, "")
+    if found is not None:
+        field, reason = found
+        message = f"{field} {reason}."
+        raise ApiError(400, ErrorCode.VALIDATION_FAILED, message, {field: [message]})
     return body
+
+
+def _first_unstorable(value: Any, path: str, depth: int = 0) -> tuple[str, str] | None:
+    """(field path, reason) of the first string in a parsed JSON body that PostgreSQL cannot store."""
+    if depth > MAX_JSON_DEPTH:
+        return path or "body", f"is nested more than {MAX_JSON_DEPTH} levels deep"
+    if isinstance(value, str):
+        reason = unstorable_reason(value)
+        return (path or "body", reason) if reason else None
+    if isinstance(value, dict):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(value, list):
+            child = f"{path}[{key}]"
+        else:
+            child = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and unstorable_reason(key):
+            return path or "body", f"has a key that {unstorable_reason(key)}"
+        found = _first_unstorable(item, child, depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 def api_view(methods: Iterable[str], *, authenticated: bool = True) -> Callable:
@@ -71,7 +108,7 @@ def api_view(methods: Iterable[str], *, authenticated: bool = True) -> Callable:
 
     def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         @functools.wraps(view)
-        def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if request.method not in allowed:
                 response = error_response(
                     405,
@@ -101,7 +138,7 @@ def api_view(methods: Iterable[str], *, authenticated: bool = True) -> Callable:
             except ApiError as exc:
                 return error_response(exc.status, exc.code, exc.message, exc.errors)
 
-        wrapper.allowed_methods = allowed  # read by the OpenAPI test
+        wrapper.allowed_methods = allowed  # type: ignore[attr-defined]  # read by the OpenAPI test
         return csrf_exempt(wrapper)
 
     return decorate

@@ -85,8 +85,13 @@ def _schemas() -> dict[str, Any]:
                 "token": {"type": "string", "description": "Shown once; send it as X-Auth-Token or Bearer."},
                 "name": {"type": "string"},
                 "expires_at": {"type": "string", "format": "date-time"},
+                "revoked": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Prefixes of the oldest live tokens revoked to keep within the per-user maximum.",
+                },
             },
-            "required": ["token", "name", "expires_at"],
+            "required": ["token", "name", "expires_at", "revoked"],
         },
         "ModelCreate": {
             "type": "object",

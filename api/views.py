@@ -3,8 +3,10 @@ selector, shape the answer. Rules live in services.validation, writes in the
 actions, JSON shapes in api.serializers."""
 
 import uuid
+from typing import Any
 
 from django.contrib.auth import authenticate
+from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
 from access.actions import access_token_create
@@ -53,6 +55,8 @@ def auth_tokens(request: HttpRequest) -> HttpResponse:
             "token": issued.secret,
             "name": issued.record.name,
             "expires_at": issued.record.expires_at.isoformat(),
+            # Live tokens revoked to keep the user within ACCESS_TOKEN_MAX_LIVE.
+            "revoked": [token.prefix for token in issued.revoked_to_make_room],
         },
         status=201,
     )
@@ -64,7 +68,7 @@ def auth_tokens(request: HttpRequest) -> HttpResponse:
 # --- Models (AI application versions) ---------------------------------------------
 
 
-def _version_for(user, model_id: str) -> AIApplicationVersion:
+def _version_for(user: User, model_id: str) -> AIApplicationVersion:
     try:
         if not model_id.isdigit():
             raise Http404
@@ -74,7 +78,7 @@ def _version_for(user, model_id: str) -> AIApplicationVersion:
 
 
 @api_view(["GET", "POST"])
-def models(request: HttpRequest, *, user) -> HttpResponse:
+def models(request: HttpRequest, *, user: User) -> HttpResponse:
     if request.method == "GET":
         versions = list(model_list_for(user))
         return JsonResponse(
@@ -91,7 +95,7 @@ def models(request: HttpRequest, *, user) -> HttpResponse:
 
 
 @api_view(["GET", "DELETE"])
-def model(request: HttpRequest, model_id: str, *, user) -> HttpResponse:
+def model(request: HttpRequest, model_id: str, *, user: User) -> HttpResponse:
     version = _version_for(user, model_id)
     if request.method == "GET":
         return JsonResponse(serializers.model_data(version))
@@ -112,14 +116,14 @@ def _service_id(service_id: str) -> uuid.UUID:
         raise not_found(f"Service {service_id} does not exist.") from None
 
 
-def _service_for(user, service_id: str) -> Service:
+def _service_for(user: User, service_id: str) -> Service:
     try:
         return selectors.service_get_for(user, _service_id(service_id))
     except Http404:
         raise not_found(f"Service {service_id} does not exist.") from None
 
 
-def _service_detail(user, service_id: str) -> dict:
+def _service_detail(user: User, service_id: str) -> dict[str, Any]:
     try:
         return serializers.service_data(selectors.service_detail_for(user, _service_id(service_id)))
     except Http404:
@@ -127,7 +131,7 @@ def _service_detail(user, service_id: str) -> dict:
 
 
 @api_view(["GET", "POST"])
-def services(request: HttpRequest, *, user) -> HttpResponse:
+def services(request: HttpRequest, *, user: User) -> HttpResponse:
     if request.method == "GET":
         rows = list(selectors.service_list_for(user))
         return JsonResponse(
@@ -142,7 +146,7 @@ def services(request: HttpRequest, *, user) -> HttpResponse:
 
 
 @api_view(["GET", "PUT", "DELETE"])
-def service(request: HttpRequest, service_id: str, *, user) -> HttpResponse:
+def service(request: HttpRequest, service_id: str, *, user: User) -> HttpResponse:
     if request.method == "GET":
         return JsonResponse(_service_detail(user, service_id))
     if request.method == "DELETE":
@@ -171,7 +175,7 @@ def service(request: HttpRequest, service_id: str, *, user) -> HttpResponse:
 
 
 @api_view(["GET"])
-def specifications(request: HttpRequest, *, user) -> HttpResponse:
+def specifications(request: HttpRequest, *, user: User) -> HttpResponse:
     pool_name = request.GET.get("pool_name", "").strip()
     pool = specification_pool_for(user, pool_name)
     if pool_name and pool is None:

@@ -2,12 +2,14 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from access.views import ConsoleLogoutView
+
 urlpatterns = [
     path("", include("services.urls")),
     path("api/v1/", include("api.urls")),
     path("access/", include("access.urls")),
     path("login/", auth_views.LoginView.as_view(), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("logout/", ConsoleLogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.template import loader
@@ -38,3 +39,19 @@ def server_error(request: HttpRequest) -> HttpResponse:
     if request.path.startswith(API_PREFIX):
         return _api_error(500, ErrorCode.INTERNAL, "The console could not answer this request; try again.")
     return HttpResponse(loader.get_template("500.html").render(), status=500)
+
+
+def login_locked_out(
+    request: HttpRequest, original_response: HttpResponse | None = None, credentials: dict | None = None
+) -> HttpResponse:
+    """django-axes' answer once an account or a client address has failed too often."""
+    seconds = int(settings.AXES_COOLOFF_TIME.total_seconds())
+    message = f"Too many failed logins. Try again in {max(1, round(seconds / 60))} minute(s)."
+    if request.path.startswith(API_PREFIX):
+        response: HttpResponse = JsonResponse(
+            {"error_code": ErrorCode.TOO_MANY_ATTEMPTS, "error_msg": message}, status=429
+        )
+    else:
+        response = render(request, "429.html", {"message": message}, status=429)
+    response["Retry-After"] = str(seconds)
+    return response

@@ -287,9 +287,24 @@ docker_answers_or_dockerd_died() {
     [ -n "$DOCKERD_PID" ] && ! kill -0 "$DOCKERD_PID" 2>/dev/null && ! pgrep -x dockerd >/dev/null 2>&1
 }
 
+# The model containers' firewall on the local engine's host (see the script).
+engine_firewall() {
+    if [ -n "${DOCKER_HOST:-}" ] && [ "$DOCKER_HOST" != "unix://$DEFAULT_DOCKER_SOCK" ]; then
+        ok "firewall: the engine at DOCKER_HOST is remote; run scripts/engine-firewall.sh on its host"
+        return
+    fi
+    if [ "$(id -u)" != 0 ] || ! have iptables; then
+        ok "firewall: not root or no iptables here; model containers are not fenced off (scripts/engine-firewall.sh)"
+        return
+    fi
+    "$ROOT/scripts/engine-firewall.sh" >/dev/null
+    ok "firewall: model container rules in place"
+}
+
 step_docker() {
     if docker_answers; then
         ok "docker: engine answering ($(docker version -f '{{.Server.Version}}' 2>/dev/null || echo '?'))"
+        engine_firewall
         return
     fi
     if [ -n "${DOCKER_HOST:-}" ] && [ "$DOCKER_HOST" != "unix://$DEFAULT_DOCKER_SOCK" ]; then
@@ -305,7 +320,10 @@ step_docker() {
         say "starting Docker engine (log: .run/dockerd.log)"
         # Own session, no stdin, fd 9 closed: Ctrl-C of `make run` does not reach it
         # and it does not hold the bootstrap lock.
+        # Every service gets a network of its own: room for 256 of them (the
+        # default pools hold about 30).
         nohup setsid dockerd --host "unix://$DEFAULT_DOCKER_SOCK" \
+            --default-address-pool base=10.210.0.0/16,size=24 \
             </dev/null >>"$RUN_DIR/dockerd.log" 2>&1 9>&- &
         DOCKERD_PID=$!
         disown || true
@@ -319,6 +337,7 @@ step_docker() {
         die "the Docker engine did not answer within 60 s"
     fi
     ok "docker: engine answering ($(docker version -f '{{.Server.Version}}' 2>/dev/null || echo '?'))"
+    engine_firewall
 }
 
 # ---- images --------------------------------------------------------------------

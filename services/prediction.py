@@ -13,16 +13,23 @@ import json
 import re
 import secrets
 import time
+import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile
 
-from access.actions import console_token_issue
+from access.actions import console_token_issue, console_token_secret, console_tokens_revoke
 from services.contract import ErrorCode, infer_url
 from services.validation import RequestInvalid
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+    from django.contrib.sessions.backends.base import SessionBase
+    from django.http import HttpRequest
 
 SAMPLE_BODY = '{"instances": [[1, 2, 3]]}'
 SESSION_KEY = "console_token"
@@ -98,6 +105,7 @@ def prediction_input_parse(*, data: dict, upload: UploadedFile | None, is_upload
             errors["file_field"] = ["Use 1–64 letters, digits, '_', '-', '.', '[' or ']'."]
         if errors:
             raise RequestInvalid(errors)
+        assert upload is not None  # without errors, a file was chosen
         content = upload.read()
         # Checked again here: the limit handler is not installed when this
         # function is called outside the view.
@@ -134,7 +142,7 @@ class UploadLimitHandler(FileUploadHandler):
     field, so an oversize file is never stored in full (the rest of the request
     is read and dropped, keeping the connection usable)."""
 
-    def __init__(self, request=None, *, limit: int) -> None:
+    def __init__(self, request: HttpRequest | None = None, *, limit: int) -> None:
         super().__init__(request)
         self.limit = limit
         self.too_large_fields: set[str] = set()
@@ -195,7 +203,7 @@ class GatewayUnreachable(Exception):
     pass
 
 
-def gateway_url(service_id, path: str = "") -> str:
+def gateway_url(service_id: uuid.UUID | str, path: str = "") -> str:
     url = infer_url(settings.GATEWAY_URL, service_id)
     return f"{url}/{path}" if path else url
 
@@ -204,6 +212,7 @@ def gateway_call(*, url: str, token: str, body: bytes, content_type: str, timeou
     """POST to the gateway; reads at most DISPLAY_MAX_BYTES of the answer."""
     parts = urlsplit(url)
     connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    assert parts.hostname is not None  # GATEWAY_URL always names a host
     connection = connection_class(parts.hostname, parts.port, timeout=timeout)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     headers = {"X-Auth-Token": token, "Content-Type": content_type, "Accept": "*/*", "User-Agent": "rts-console"}
@@ -233,25 +242,43 @@ def gateway_call(*, url: str, token: str, body: bytes, content_type: str, timeou
         connection.close()
 
 
-def console_token_for(session, user, *, renew: bool = False) -> tuple[str, float]:
+def console_token_for(session: SessionBase, user: User, *, renew: bool = False) -> tuple[str, float]:
     """The secret of the session's console token and when it was issued; a new
     token is issued when there is none, it is about to expire, or `renew`."""
     stored = session.get(SESSION_KEY)
     now = time.time()
     margin = min(60.0, settings.CONSOLE_TOKEN_SECONDS / 4)
-    if not renew and stored and stored.get("user_id") == user.pk and stored["expires_at"] - margin > now:
-        return stored["secret"], stored["issued_at"]
-    issued = console_token_issue(owner=user)
+    if (
+        not renew
+        and stored
+        and stored.get("user_id") == user.pk
+        and "nonce" in stored
+        and stored["expires_at"] - margin > now
+    ):
+        return console_token_secret(stored["nonce"]), stored["issued_at"]
+    record, nonce = console_token_issue(owner=user)
+    # The session keeps the nonce, never the secret (it derives from SECRET_KEY too).
     session[SESSION_KEY] = {
-        "secret": issued.secret,
-        "expires_at": issued.record.expires_at.timestamp(),
+        "nonce": nonce,
+        "token_ids": [*(stored or {}).get("token_ids", []), record.id][-10:],
+        "expires_at": record.expires_at.timestamp(),
         "issued_at": now,
         "user_id": user.pk,
     }
-    return issued.secret, now
+    return console_token_secret(nonce), now
 
 
-def service_predict(*, session, user, service_id, request: PredictionInput) -> GatewayReply:
+def console_tokens_forget(session: SessionBase, user: User) -> None:
+    """Revoke every console token this session was given (at logout)."""
+    stored = session.get(SESSION_KEY) or {}
+    if stored.get("token_ids"):
+        console_tokens_revoke(owner=user, token_ids=stored["token_ids"])
+    session.pop(SESSION_KEY, None)
+
+
+def service_predict(
+    *, session: SessionBase, user: User, service_id: uuid.UUID | str, request: PredictionInput
+) -> GatewayReply:
     """Send the input to the service through the gateway with the session's
     console token (issuing one when needed: writes an AccessToken row).
 

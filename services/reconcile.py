@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection
@@ -26,7 +26,12 @@ from django.utils import timezone
 from pools.models import Node
 from services import runtime
 from services.choices import SUPERVISED_STATUSES, TRANSITIONAL_STATUSES, InstanceState, ServiceStatus, VersionStatus
-from services.lifecycle import ai_application_version_check_image, container_spec, in_parallel
+from services.lifecycle import (
+    ai_application_version_check_image,
+    container_spec,
+    in_parallel,
+    service_network_spec,
+)
 from services.models import AIApplicationVersion, Instance, Service, ServiceEvent
 from services.probes import probe_health
 from services.transitions import service_event_add, service_transition
@@ -63,7 +68,7 @@ def restart_backoff_seconds(crash_streak: int) -> float:
     return float(min(2**crash_streak, RESTART_BACKOFF_MAX_SECONDS))
 
 
-def _refresh_node(node: Node, now) -> None:
+def _refresh_node(node: Node, now: datetime) -> None:
     try:
         info = runtime.engine_info(node.docker_host)
     except runtime.EngineError as exc:
@@ -127,6 +132,7 @@ def _reconcile_once() -> ReconcileReport:
     }
 
     _remove_orphans(nodes, containers, services, report)
+    _remove_orphan_networks(nodes, containers, services)
     _converge_serving(services, containers, report)
     _stop_strays(services, containers)
     _requeue_lapsed(services, now, report)
@@ -134,7 +140,12 @@ def _reconcile_once() -> ReconcileReport:
     return report
 
 
-def _remove_orphans(nodes, containers, services, report: ReconcileReport) -> None:
+def _remove_orphans(
+    nodes: list[Node],
+    containers: dict[int, dict[str, runtime.ContainerInfo]],
+    services: dict[str, Service],
+    report: ReconcileReport,
+) -> None:
     by_id = {node.id: node for node in nodes}
     # A Failed service owns no containers: its deploy removed them.
     owned = {
@@ -152,6 +163,23 @@ def _remove_orphans(nodes, containers, services, report: ReconcileReport) -> Non
                 report.removed_orphans.append(name)
             except runtime.EngineError as exc:
                 log.warning("could not remove orphan %s: %s", name, exc)
+
+
+def _remove_orphan_networks(
+    nodes: list[Node], containers: dict[int, dict[str, runtime.ContainerInfo]], services: dict[str, Service]
+) -> None:
+    """Remove service networks whose service is gone (a delete that died half-way, say)."""
+    wanted = {service_network_spec(service_id).name for service_id in services}
+    for node in nodes:
+        if node.id not in containers:
+            continue  # the engine did not answer this cycle
+        try:
+            for name in runtime.list_managed_networks(node.docker_host, settings.CONSOLE_ID):
+                if name not in wanted:
+                    runtime.remove_network(node.docker_host, name)
+        except runtime.EngineError as exc:
+            # Most often a container on it is still being removed; the next cycle retries.
+            log.info("could not remove an orphan network on %s: %s", node.name, exc)
 
 
 @dataclass(frozen=True)
@@ -294,7 +322,7 @@ def _service_status_settle(service: Service, *, ready: int, total: int, report: 
         report.status_changes[service.name] = wanted
 
 
-def _stop_strays(services, containers) -> None:
+def _stop_strays(services: dict[str, Service], containers: dict[int, dict[str, runtime.ContainerInfo]]) -> None:
     for service in services.values():
         if service.status != ServiceStatus.STOPPED:
             continue
@@ -307,7 +335,7 @@ def _stop_strays(services, containers) -> None:
                     log.warning("could not stop %s: %s", instance.container_name, exc)
 
 
-def _requeue_lapsed(services, now, report: ReconcileReport) -> None:
+def _requeue_lapsed(services: dict[str, Service], now: datetime, report: ReconcileReport) -> None:
     for service in services.values():
         if service.status not in TRANSITIONAL_STATUSES:
             continue
@@ -320,7 +348,7 @@ def _requeue_lapsed(services, now, report: ReconcileReport) -> None:
             report.lapsed.append((str(service.id), ServiceStatus(service.status)))
 
 
-def _recheck_versions(now) -> None:
+def _recheck_versions(now: datetime) -> None:
     stuck = AIApplicationVersion.objects.filter(
         Q(status=VersionStatus.CHECKING), Q(created_at__lt=now - timedelta(seconds=UNCLAIMED_GRACE_SECONDS))
     ).values_list("id", flat=True)[:20]

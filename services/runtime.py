@@ -60,6 +60,21 @@ class ContainerSpec:
     labels: dict[str, str]
     publish_host: str = "127.0.0.1"
     hardening: ContainerHardening = field(default_factory=ContainerHardening)
+    # The service's own network (see NetworkSpec); None: the engine's default bridge.
+    network: NetworkSpec | None = None
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A bridge network of one service on one engine: its instances reach each
+    other on it, and nothing else of the platform (scripts/engine-firewall.sh
+    drops what leaves an `rts*` bridge for the host, link-local addresses, and,
+    for `rtsd*` bridges, everything outside the bridge)."""
+
+    name: str
+    # The Linux bridge's name (at most 15 characters): the firewall matches its prefix.
+    bridge_name: str
+    labels: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -199,6 +214,8 @@ def ensure_container_running(docker_host: str, spec: ContainerSpec) -> Container
             attrs = None
         if attrs is None:
             hardening = spec.hardening
+            if spec.network is not None:
+                _ensure_network(api, spec.network)
             host_config = api.create_host_config(
                 port_bindings={f"{spec.container_port}/tcp": (spec.publish_host, None)},
                 nano_cpus=int(spec.cpus * 1_000_000_000),
@@ -217,7 +234,7 @@ def ensure_container_running(docker_host: str, spec: ContainerSpec) -> Container
                 # Only the limits above and the values below come from users:
                 # no mounts, devices, capabilities or host networking.
                 privileged=False,
-                network_mode="bridge",
+                network_mode=spec.network.name if spec.network is not None else "bridge",
                 init=True,
             )
             try:
@@ -243,6 +260,53 @@ def ensure_container_running(docker_host: str, spec: ContainerSpec) -> Container
     except (DockerException, RequestsConnectionError, ReadTimeout) as exc:
         raise _engine_error(docker_host, exc) from exc
     return _info_from_inspect(attrs)
+
+
+def _ensure_network(api: docker.APIClient, network: NetworkSpec) -> None:
+    """Create the network unless it exists (safe to repeat, and to race)."""
+    if api.networks(names=[network.name]):
+        return
+    try:
+        api.create_network(
+            network.name,
+            driver="bridge",
+            labels=network.labels,
+            options={"com.docker.network.bridge.name": network.bridge_name},
+            check_duplicate=True,
+        )
+    except APIError:
+        # Another start created it meanwhile (a name or bridge-name conflict); anything else is an error.
+        if not api.networks(names=[network.name]):
+            raise
+
+
+def ensure_network(docker_host: str, network: NetworkSpec) -> None:
+    """Create a service's network on an engine unless it exists. Safe to repeat and to race."""
+    try:
+        _ensure_network(_client(docker_host).api, network)
+    except (DockerException, RequestsConnectionError, ReadTimeout) as exc:
+        raise _engine_error(docker_host, exc) from exc
+
+
+def list_managed_networks(docker_host: str, console_id: str) -> list[str]:
+    """Names of this console's service networks on one engine."""
+    try:
+        networks = _client(docker_host).api.networks(
+            filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_CONSOLE}={console_id}"]}
+        )
+    except (DockerException, RequestsConnectionError, ReadTimeout, FileNotFoundError) as exc:
+        raise _engine_error(docker_host, exc) from exc
+    return [network["Name"] for network in networks]
+
+
+def remove_network(docker_host: str, name: str) -> None:
+    """Remove a service network; a missing one is already removed. Its containers must be gone first."""
+    try:
+        _client(docker_host).api.remove_network(name)
+    except NotFound:
+        return
+    except (DockerException, RequestsConnectionError, ReadTimeout) as exc:
+        raise _engine_error(docker_host, exc) from exc
 
 
 def container_logs(docker_host: str, name: str, tail: int | str = 50) -> str:

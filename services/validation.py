@@ -6,10 +6,13 @@ Error keys are field names; a version configuration's fields are keyed
 `configs.<n>.<field>`.
 """
 
+from __future__ import annotations
+
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
@@ -17,6 +20,9 @@ from pools.models import Flavor, ResourcePool
 from pools.selectors import FlavorOption, flavor_options_for_pool, pool_list_for
 from services.choices import VersionStatus
 from services.models import AIApplicationVersion, Service
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -49,12 +55,22 @@ class DeployRequest:
     configs: list[VersionConfigRequest] = field(default_factory=list)
 
 
-class _Errors(dict):
+class _Errors(dict[str, list[str]]):
+    """Messages by field; a field keeps its first few, so a huge bad request gets a short answer."""
+
+    MAX_PER_FIELD = 5
+
     def add(self, key: str, message: str) -> None:
-        self.setdefault(key, []).append(message)
+        messages = self.setdefault(key, [])
+        if len(messages) < self.MAX_PER_FIELD:
+            messages.append(message)
+        elif len(messages) == self.MAX_PER_FIELD:
+            messages.append("(more problems of this field are not listed)")
 
 
-def _as_int(value: Any, errors: _Errors, key: str, label: str, low: int, high: int, default: int | None = None):
+def _as_int(
+    value: Any, errors: _Errors, key: str, label: str, low: int, high: int, default: int | None = None
+) -> int | None:
     if value is None or value == "":
         if default is not None:
             return default
@@ -80,7 +96,7 @@ def _as_bool(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "on", "yes")
 
 
-def validate_service_name(name: str, errors: _Errors, *, owner, exclude_id=None) -> None:
+def validate_service_name(name: str, errors: _Errors, *, owner: User, exclude_id: uuid.UUID | None = None) -> None:
     if not name:
         errors.add("name", "Name is required.")
     elif len(name) > 64:
@@ -93,6 +109,20 @@ def validate_service_name(name: str, errors: _Errors, *, owner, exclude_id=None)
             taken = taken.exclude(id=exclude_id)
         if taken.exists():
             errors.add("name", f"You already have a service named {name}.")
+
+
+def parse_description(raw: Any, errors: _Errors) -> str:
+    """A one-line description of at most 100 printable characters."""
+    description = str(raw or "").strip()
+    if len(description) > 100:
+        errors.add("description", "Description must be at most 100 characters.")
+    elif not description.isprintable():
+        errors.add("description", "Description must be printable text (no control characters).")
+    return description
+
+
+def _is_printable(text: str) -> bool:
+    return text.replace("\t", " ").isprintable()
 
 
 def parse_envs(raw: Any, errors: _Errors, key: str) -> dict[str, str]:
@@ -116,8 +146,15 @@ def parse_envs(raw: Any, errors: _Errors, key: str) -> dict[str, str]:
         errors.add(key, f"At most {MAX_ENV_VARS} environment variables are allowed.")
         return {}
     for env_key, env_value in rows:
-        env_key = str(env_key).strip()
-        env_value = "" if env_value is None else str(env_value)
+        if not isinstance(env_key, str):
+            errors.add(key, "Environment variable names must be strings.")
+            continue
+        env_key = env_key.strip()
+        if env_value is None:
+            env_value = ""
+        if not isinstance(env_value, str):
+            errors.add(key, f"The value of {env_key or 'a variable'} must be a string.")
+            continue
         if not env_key:
             errors.add(key, "Environment variable names cannot be empty.")
         elif len(env_key) > 128 or not ENV_NAME_RE.match(env_key):
@@ -128,14 +165,18 @@ def parse_envs(raw: Any, errors: _Errors, key: str) -> dict[str, str]:
             )
         elif env_key in envs:
             errors.add(key, f"Environment variable {env_key} is set twice.")
-        elif len(env_value) > MAX_ENV_VALUE_LENGTH or "\x00" in env_value:
-            errors.add(key, f"The value of {env_key} must be at most {MAX_ENV_VALUE_LENGTH} characters of text.")
+        elif len(env_value) > MAX_ENV_VALUE_LENGTH or not _is_printable(env_value):
+            errors.add(
+                key,
+                f"The value of {env_key} must be at most {MAX_ENV_VALUE_LENGTH} printable characters "
+                "(no control characters but tab).",
+            )
         else:
             envs[env_key] = env_value
     return envs
 
 
-def parse_deploy_request(*, owner, data: Mapping[str, Any]) -> DeployRequest:
+def parse_deploy_request(*, owner: User, data: Mapping[str, Any]) -> DeployRequest:
     """Check a service request against every rule; raise RequestInvalid naming each bad field.
 
     `data` holds name, description, pool (id or name), timeout_minutes,
@@ -147,9 +188,7 @@ def parse_deploy_request(*, owner, data: Mapping[str, Any]) -> DeployRequest:
     name = str(data.get("name") or "").strip()
     validate_service_name(name, errors, owner=owner)
 
-    description = str(data.get("description") or "").strip()
-    if len(description) > 100:
-        errors.add("description", "Description must be at most 100 characters.")
+    description = parse_description(data.get("description"), errors)
 
     if Service.objects.filter(owner=owner).count() >= settings.MAX_SERVICES_PER_USER:
         errors.add(
@@ -174,6 +213,14 @@ def parse_deploy_request(*, owner, data: Mapping[str, Any]) -> DeployRequest:
     if not isinstance(raw_configs, list) or not raw_configs:
         errors.add("configs", "Choose at least one AI application version.")
         raw_configs = []
+    elif len(raw_configs) > settings.MAX_CONFIGS_PER_SERVICE:
+        # Refused before any row is read: each row costs queries.
+        errors.add(
+            "configs",
+            f"At most {settings.MAX_CONFIGS_PER_SERVICE} AI application versions per service; "
+            f"the request has {len(raw_configs)}.",
+        )
+        raw_configs = []
 
     flavor_options = {option.flavor.code: option for option in flavor_options_for_pool(pool)} if pool else {}
     configs: list[VersionConfigRequest] = []
@@ -186,6 +233,8 @@ def parse_deploy_request(*, owner, data: Mapping[str, Any]) -> DeployRequest:
 
     if errors:
         raise RequestInvalid(dict(errors))
+    # Without errors, each of these was parsed.
+    assert pool is not None and timeout_minutes is not None
     return DeployRequest(
         name=name,
         description=description,
@@ -196,7 +245,7 @@ def parse_deploy_request(*, owner, data: Mapping[str, Any]) -> DeployRequest:
     )
 
 
-def _parse_pool(pool_ref: Any, errors: _Errors, *, owner) -> ResourcePool | None:
+def _parse_pool(pool_ref: Any, errors: _Errors, *, owner: User) -> ResourcePool | None:
     """The pool named by id or name among those the owner may use, or None with an error."""
     visible_pools = pool_list_for(owner)
     if pool_ref in (None, ""):
@@ -221,7 +270,7 @@ def _parse_config_row(
     errors: _Errors,
     prefix: str,
     *,
-    owner,
+    owner: User,
     pool: ResourcePool | None,
     flavor_options: dict[str, FlavorOption],
 ) -> VersionConfigRequest | None:
@@ -261,7 +310,7 @@ def _parse_config_row(
     return None
 
 
-def _parse_app_version(version_ref: Any, errors: _Errors, key: str, *, owner) -> AIApplicationVersion | None:
+def _parse_app_version(version_ref: Any, errors: _Errors, key: str, *, owner: User) -> AIApplicationVersion | None:
     """The owner's Normal version with this id, or None with an error under `key`."""
     if version_ref in (None, ""):
         errors.add(key, "AI application and version is required.")
@@ -322,7 +371,7 @@ class VersionRequest:
     is_websocket: bool
 
 
-def parse_version_request(*, owner, data: Mapping[str, Any]) -> VersionRequest:
+def parse_version_request(*, owner: User, data: Mapping[str, Any]) -> VersionRequest:
     """Check an AI application version registration; raise RequestInvalid naming each bad field."""
     errors = _Errors()
     application_name = str(data.get("application_name") or "").strip()
@@ -334,9 +383,7 @@ def parse_version_request(*, owner, data: Mapping[str, Any]) -> VersionRequest:
             "AI application name must start with a letter, contain only letters, digits, '-' and '_', "
             "and be at most 64 characters.",
         )
-    description = str(data.get("description") or "").strip()
-    if len(description) > 100:
-        errors.add("description", "Description must be at most 100 characters.")
+    description = parse_description(data.get("description"), errors)
 
     version = str(data.get("version") or "").strip()
     if not version:
@@ -366,6 +413,7 @@ def parse_version_request(*, owner, data: Mapping[str, Any]) -> VersionRequest:
 
     if errors:
         raise RequestInvalid(dict(errors))
+    assert container_port is not None  # without errors, it was parsed
     return VersionRequest(
         application_name=application_name,
         description=description,

@@ -5,7 +5,7 @@ Checked on the real engine with `docker inspect` and from inside the container."
 import pytest
 
 from services.lifecycle import service_deploy_run
-from tests.conftest import create_service, make_version
+from tests.factories import create_service, make_version
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db]
 

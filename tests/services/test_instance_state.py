@@ -10,7 +10,7 @@ from services.choices import InstanceState, ServiceStatus
 from services.lifecycle import service_deploy_run
 from services.models import Instance, Service
 from services.reconcile import reconcile
-from tests.conftest import create_service, make_version
+from tests.factories import create_service, make_version
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db]
 
