@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ctypes
 import datetime as dt
+import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psycopg
-from aiohttp import web
+from aiohttp import http_exceptions, web, web_protocol
+from aiohttp.http import HttpVersion10, HttpVersion11
 from multidict import CIMultiDict
 
 try:
@@ -40,9 +45,16 @@ HOP_BY_HOP = frozenset(
     )
 )  # fmt: skip
 CREDENTIAL_HEADERS = frozenset({"x-auth-token", "authorization", "x-apig-appcode"})
-# Not sent on to the model: hop-by-hop headers, the caller's credentials,
-# X-Forwarded-For (rewritten), and Expect (the gateway has read the body already).
-NOT_FORWARDED = HOP_BY_HOP | CREDENTIAL_HEADERS | {"x-forwarded-for", "expect"}
+# Set by the gateway, never taken from the caller as they are.
+GATEWAY_SET = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"})
+# Claims about the client that only a proxy the model trusts may make.
+CLIENT_CLAIMS = frozenset({"forwarded", "x-real-ip"})
+# Not sent on to the model: hop-by-hop headers, the caller's credentials, what
+# the gateway sets itself, and Expect (the gateway has read the body already).
+NOT_FORWARDED = HOP_BY_HOP | CREDENTIAL_HEADERS | GATEWAY_SET | CLIENT_CLAIMS | {"expect"}
+# A caller's own X-Request-Id is kept when it looks like an id; otherwise the gateway makes one.
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 PREFIX_LENGTH = len(INFER_PREFIX)
 # Answers up to this size (with a Content-Length) are read whole and sent in
 # one write; larger ones are streamed.
@@ -67,11 +79,82 @@ def conninfo(db: DatabaseConfig) -> str:
 
 
 def error(status: int, code: str, message: str) -> web.Response:
-    return web.Response(
+    """Every answer the gateway makes itself: JSON, with the call's request id."""
+    request_id = REQUEST_ID.get()
+    response = web.Response(
         status=status,
-        body=json.dumps({"error_code": code, "error_msg": message}).encode(),
+        body=json.dumps({"error_code": code, "error_msg": message, "request_id": request_id}).encode(),
         content_type="application/json",
     )
+    if request_id:
+        response.headers["X-Request-Id"] = request_id
+    return response
+
+
+ERROR_CODES_BY_STATUS = {
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.BODY_TOO_LARGE,
+    431: ErrorCode.HEADERS_TOO_LARGE,
+}
+
+
+@web.middleware
+async def hygiene(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Around every request: a request id, HTTP/1.x only, a cap on the headers'
+    total size, and JSON for the errors aiohttp itself raises (404, 405, …)."""
+    request_id = request.headers.get("X-Request-Id", "")
+    if not REQUEST_ID_RE.fullmatch(request_id):
+        request_id = uuid.uuid4().hex
+    REQUEST_ID.set(request_id)
+    if request.version not in (HttpVersion10, HttpVersion11):
+        _answer_in_http11(request)
+        return error(505, ErrorCode.VERSION_NOT_SUPPORTED, "Only HTTP/1.0 and HTTP/1.1 are spoken here.")
+    limit = request.app[CONFIG].max_header_bytes
+    if sum(len(name) + len(value) + 4 for name, value in request.raw_headers) > limit:
+        return error(431, ErrorCode.HEADERS_TOO_LARGE, f"The request's headers are larger than {limit} bytes.")
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        code = ERROR_CODES_BY_STATUS.get(exc.status, ErrorCode.BAD_REQUEST)
+        return error(exc.status, code, exc.reason)
+
+
+def _answer_in_http11(request: web.BaseRequest) -> None:
+    """aiohttp writes a response's status line in the request's HTTP version; a
+    request line that claims HTTP/2.0 (or 0.9) must still get an HTTP/1.1 answer."""
+    # aiohttp keeps the version in `_version` and caches the `version` property.
+    request._version = HttpVersion11
+    request._cache.pop("version", None)
+
+
+def _protocol_error(
+    self: web_protocol.RequestHandler,
+    request: web.BaseRequest,
+    status: int = 500,
+    exc: BaseException | None = None,
+    message: str | None = None,
+) -> web.StreamResponse:
+    """aiohttp's answer to a request it could not parse, as JSON, and without
+    echoing the bad line back (its own answer is text that quotes it)."""
+    log.debug("unparsable request from %s: %s", request.remote, exc)
+    if request.writer.output_size > 0:
+        raise ConnectionError("the answer was started already; the connection is cut")
+    _answer_in_http11(request)
+    if isinstance(exc, http_exceptions.LineTooLong) or (message and "too many headers" in message.lower()):
+        response = error(431, ErrorCode.HEADERS_TOO_LARGE, "The request's request line or headers are too large.")
+    elif status == 400:
+        response = error(400, ErrorCode.BAD_REQUEST, "The request is not valid HTTP/1.1.")
+    else:
+        response = error(500, ErrorCode.INTERNAL, "The gateway could not handle this request.")
+    response.force_close()
+    return response
+
+
+# Every process of the gateway answers unparsable requests in JSON.
+web_protocol.RequestHandler.handle_error = _protocol_error  # type: ignore[method-assign]
 
 
 def _credentials(request: web.Request) -> tuple[str | None, str | None]:
@@ -128,11 +211,19 @@ def _callable_service(request: web.Request) -> ServiceRoute | web.Response:
 
 
 def _forwarded_headers(request: web.Request) -> list[tuple[str, str]]:
-    """The caller's headers as the model sees them: no hop-by-hop headers and no credentials."""
-    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
+    """The caller's headers as the model sees them: no hop-by-hop headers (nor
+    those the caller names in Connection), no credentials, no claims about the
+    client; X-Forwarded-For, X-Forwarded-Proto and X-Request-Id set by the gateway."""
+    dropped = NOT_FORWARDED
+    connection = request.headers.get("Connection")
+    if connection:
+        dropped = dropped | {name.strip().lower() for name in connection.split(",")}
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in dropped]
     forwarded_for = request.headers.get("X-Forwarded-For")
     remote = request.remote or ""
     headers.append(("X-Forwarded-For", f"{forwarded_for}, {remote}" if forwarded_for else remote))
+    headers.append(("X-Forwarded-Proto", request.scheme))
+    headers.append(("X-Request-Id", REQUEST_ID.get()))
     return headers
 
 
@@ -235,6 +326,7 @@ async def _relay(
     status = answer.status
     is_failed = status >= 400
     headers = CIMultiDict((key, value) for key, value in answer.headers if key.lower() not in HOP_BY_HOP)
+    headers["X-Request-Id"] = REQUEST_ID.get()
     length = answer.content_length
     try:
         if length is not None and length <= BUFFERED_RESPONSE_BYTES and request.method != "HEAD":
@@ -268,15 +360,33 @@ async def _relay(
 
 
 async def health(request: web.Request) -> web.Response:
-    """The table's size and freshness: every change committed before `loaded_at`
-    (a UNIX time) is in it. Each request also asks the keeper to move
-    `loaded_at` up to now, so polling /healthz tells when a change is in."""
+    """That the gateway is up: nothing more, to anyone."""
+    return web.json_response({"status": "ok"})
+
+
+async def table_health(request: web.Request) -> web.Response:
+    """For the operator on the gateway's own machine only: the table's size and
+    freshness. Every change committed before `loaded_at` (a UNIX time) is in it;
+    each request also asks the keeper to move `loaded_at` up to now, so polling
+    this tells when a change is in."""
+    if not _is_local_caller(request):
+        return error(404, ErrorCode.NOT_FOUND, "Not found.")
     table: RoutingTable = request.app[TABLE].current
     keeper = request.app[KEEPER]
     keeper.request_probe()
     return web.json_response(
         {"status": "ok", "services": len(table.services), "loaded_at": table.loaded_at, **keeper.health()}
     )
+
+
+def _is_local_caller(request: web.Request) -> bool:
+    """A caller on this machine that came through no proxy."""
+    if "X-Forwarded-For" in request.headers or "Forwarded" in request.headers:
+        return False
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        return False
 
 
 def _forget_stale(app: web.Application) -> None:
@@ -333,7 +443,12 @@ async def _start_background(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: GatewayConfig) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes + 1)
+    app = web.Application(
+        client_max_size=config.max_body_bytes + 1,
+        middlewares=[hygiene],
+        # aiohttp's own limits per line and per header; the total is checked in `hygiene`.
+        handler_args={"max_line_size": 8190, "max_field_size": 8190, "max_headers": 100},
+    )
     app[CONFIG] = config
     app[TABLE] = TableHolder()
     app[KEEPER] = TableKeeper(config, conninfo(config.database), app[TABLE])
@@ -342,6 +457,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_route("*", "/v1/infers/{service_id}", infer)
     app.router.add_route("*", "/v1/infers/{service_id}/{rest:.*}", infer)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/healthz/table", table_health)
     app.cleanup_ctx.append(_start_background)
     return app
 

@@ -39,6 +39,8 @@ class GatewayConfig:
     processes: int
     call_timeout_seconds: float
     max_body_bytes: int
+    # All of a request's header lines together; more is a 431.
+    max_header_bytes: int
     # Changes reach the routing table as they are committed (LISTEN/NOTIFY);
     # this timed full reload is only a safety net.
     full_reload_seconds: float
@@ -54,6 +56,7 @@ class GatewayConfig:
             processes=env_int("GATEWAY_PROCESSES", 0),
             call_timeout_seconds=env_float("GATEWAY_CALL_TIMEOUT_SECONDS", 60.0),
             max_body_bytes=env_int("GATEWAY_MAX_BODY_BYTES", 12 * 1024 * 1024),
+            max_header_bytes=env_int("GATEWAY_MAX_HEADER_BYTES", 32 * 1024),
             full_reload_seconds=env_float("GATEWAY_FULL_RELOAD_SECONDS", 300.0),
             instance_host=env_str("INSTANCE_HOST", "127.0.0.1"),
             database=DatabaseConfig.from_env(),

@@ -54,6 +54,7 @@ class ErrorCode:
 
     VALIDATION_FAILED = "RTS.4000"
     BODY_MALFORMED = "RTS.4001"
+    BAD_REQUEST = "RTS.4002"
     NO_CREDENTIALS = "RTS.4010"
     BAD_CREDENTIALS = "RTS.4011"
     LOGIN_FAILED = "RTS.4012"
@@ -63,12 +64,14 @@ class ErrorCode:
     CONFLICT = "RTS.4090"
     BODY_TOO_LARGE = "RTS.4130"
     TOO_MANY_ATTEMPTS = "RTS.4290"
+    HEADERS_TOO_LARGE = "RTS.4310"
     INTERNAL = "RTS.5000"
     CONNECT_FAILED = "RTS.5020"
     BAD_UPSTREAM_ANSWER = "RTS.5021"
     NOT_CALLABLE = "RTS.5031"
     NO_HEALTHY_INSTANCE = "RTS.5032"
     UPSTREAM_TIMEOUT = "RTS.5040"
+    VERSION_NOT_SUPPORTED = "RTS.5050"
 
 
 # --- Call statistics --------------------------------------------------------------

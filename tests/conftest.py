@@ -279,7 +279,7 @@ def wait_for_gateway_reload(url: str, timeout: float = 10.0) -> None:
 
     def reloaded_twice() -> bool:
         nonlocal first_after
-        with urllib.request.urlopen(url + "/healthz", timeout=1) as response:
+        with urllib.request.urlopen(url + "/healthz/table", timeout=1) as response:
             loaded_at = json.load(response)["loaded_at"]
         # A load that finished after `since` may have queried before it; the
         # next one started its queries after that load finished.

@@ -15,7 +15,7 @@ from tests.conftest import start_gateway, stop_gateway
 
 
 def gateway_health(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url + "/healthz", timeout=2) as response:
+    with urllib.request.urlopen(url + "/healthz/table", timeout=2) as response:
         return json.load(response)
 
 

@@ -94,7 +94,8 @@ def assert_gateway_error(reply: Reply, status: int, *, message_contains: str = "
     assert reply.status == status, (reply.status, reply.body[:300])
     assert reply.header("Content-Type").startswith("application/json")
     payload = reply.json()
-    assert set(payload) == {"error_code", "error_msg"}
+    assert set(payload) == {"error_code", "error_msg", "request_id"}
+    assert payload["request_id"] and payload["request_id"] == reply.header("X-Request-Id")
     assert payload["error_code"].startswith("RTS.") and payload["error_msg"]
     assert message_contains in payload["error_msg"]
     return payload
@@ -375,7 +376,9 @@ def test_model_errors_pass_through_unchanged(gateway_url, deployed):
         assert via_gateway.reason == direct.reason
         assert via_gateway.body == direct.body
         assert "error_code" not in via_gateway.json()
-        ignore = {"date", "connection", "keep-alive"}
+        # The gateway adds its request id; everything else is the model's.
+        assert via_gateway.header("X-Request-Id")
+        ignore = {"date", "connection", "keep-alive", "x-request-id"}
         assert [(k.lower(), v) for k, v in via_gateway.headers if k.lower() not in ignore] == [
             (k.lower(), v) for k, v in direct.headers if k.lower() not in ignore
         ]
