@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import render
@@ -34,16 +35,22 @@ def first_unstorable_field(data: QueryDict) -> tuple[str, str] | None:
 class RejectUnstorableInput:
     """A query string or form with a NUL byte gets a 400 naming the field, not a 500 from the database.
 
-    JSON bodies are checked where the API parses them (api.http.json_body).
-    Multipart bodies are left to their views, which set their own upload handlers.
+    Forms are checked for the console's views. CSRF-exempt views read their
+    bodies themselves: the API checks its JSON (api.http.json_body), and the
+    Prediction tab sets its own upload handlers, so its body is not touched here.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_view(
+        self, request: HttpRequest, view_func: Callable[..., HttpResponse], view_args: Any, view_kwargs: Any
+    ) -> HttpResponse | None:
         found = first_unstorable_field(request.GET)
-        if found is None and request.content_type == "application/x-www-form-urlencoded":
+        if found is None and request.method == "POST" and not getattr(view_func, "csrf_exempt", False):
             found = first_unstorable_field(request.POST)
         if found is not None:
             field, reason = found
@@ -54,4 +61,4 @@ class RejectUnstorableInput:
                     status=400,
                 )
             return render(request, "400.html", {"message": message}, status=400)
-        return self.get_response(request)
+        return None

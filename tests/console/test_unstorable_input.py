@@ -6,8 +6,9 @@ from urllib.parse import urlencode
 import pytest
 from django.contrib.auth.models import User
 
+from access.models import AccessToken
 from console.middleware import unstorable_reason
-from services.models import Service
+from services.models import AIApplication, Service
 
 
 def test_unstorable_reason_names_nul_and_surrogates():
@@ -18,25 +19,40 @@ def test_unstorable_reason_names_nul_and_surrogates():
 
 @pytest.mark.django_db
 def test_a_nul_byte_in_the_login_form_is_a_400_naming_the_field(client):
-    form = urlencode({"username": "ali\x00ce", "password": "x"})
-    response = client.post("/login/", form, content_type="application/x-www-form-urlencoded")
-    assert response.status_code == 400
-    assert "username must not contain NUL characters" in response.content.decode()
-    # Sent as multipart, the login form's own validation refuses it.
-    response = client.post("/login/", {"username": "ali\x00ce", "password": "x"})
-    assert response.status_code == 200
-    assert "_auth_user_id" not in client.session
+    urlencoded = urlencode({"username": "ali\x00ce", "password": "x"})
+    multipart = {"username": "ali\x00ce", "password": "x"}
+    for response in (
+        client.post("/login/", urlencoded, content_type="application/x-www-form-urlencoded"),
+        client.post("/login/", multipart),
+    ):
+        assert response.status_code == 400
+        assert "username must not contain NUL characters" in response.content.decode()
     assert User.objects.count() == 0
 
 
 @pytest.mark.django_db
-def test_a_nul_byte_in_the_deploy_form_stores_nothing(owner_client):
-    form = urlencode({"name": "svc", "description": "bad\x00"})
-    response = owner_client.post("/services/deploy/", form, content_type="application/x-www-form-urlencoded")
-    assert response.status_code == 400
-    assert "description must not contain NUL characters" in response.content.decode()
-    # As multipart it reaches the Deploy rules, which name the field too.
-    response = owner_client.post("/services/deploy/", {"name": "svc", "description": "bad\x00"})
+@pytest.mark.parametrize(
+    ("url", "form", "field"),
+    [
+        ("/services/deploy/", {"name": "svc", "description": "bad\x00"}, "description"),
+        ("/applications/register/", {"application_name": "app\x00", "version": "1.0.0"}, "application_name"),
+        ("/access/keys/", {"name": "key\x00", "days": "30"}, "name"),
+    ],
+)
+def test_a_nul_byte_in_a_console_form_stores_nothing(owner_client, url, form, field):
+    before = (Service.objects.count(), AIApplication.objects.count(), AccessToken.objects.count())
+    for response in (
+        owner_client.post(url, urlencode(form), content_type="application/x-www-form-urlencoded"),
+        owner_client.post(url, form),  # multipart, as a browser sends a form with a file input
+    ):
+        assert response.status_code == 400
+        assert f"{field} must not contain NUL characters" in response.content.decode()
+    assert (Service.objects.count(), AIApplication.objects.count(), AccessToken.objects.count()) == before
+
+
+@pytest.mark.django_db
+def test_a_control_character_in_a_description_is_named_by_the_deploy_rules(owner_client):
+    response = owner_client.post("/services/deploy/", {"name": "svc", "description": "bell\x07"})
     assert response.status_code == 400
     assert "Description must be printable text" in response.content.decode()
     assert Service.objects.count() == 0
