@@ -16,7 +16,7 @@ In one run it
     the CPU of one full reload (forced with NOTIFY rts_routing, '*');
   * during forced full reloads, times a cheap call (401, no credentials) in a
     tight loop from the bench, and reads the gateway's own longest event-loop
-    stall (/healthz last_full_reload.max_stall_ms);
+    stall (/healthz/table last_full_reload.max_stall_ms);
   * prints the figures against the targets, stops everything, drops the database.
 
 Needs PostgreSQL only (no Docker).
@@ -203,7 +203,7 @@ class Client:
             return 0, b""
 
     def health(self) -> dict[str, Any]:
-        status, body = self.get("/healthz")
+        status, body = self.get("/healthz/table")
         return json.loads(body) if status == 200 else {}
 
 

@@ -202,7 +202,7 @@ def _callable_service(request: web.Request) -> ServiceRoute | web.Response:
         return error(401, ErrorCode.BAD_CREDENTIALS, "The credentials are invalid, expired or revoked.")
     if result == AuthResult.NOT_FOUND or service is None:
         return error(404, ErrorCode.NOT_FOUND, f"Service {service_id} does not exist.")
-    if token_hash in table.tokens:
+    if token_hash is not None and token_hash in table.tokens:
         app[STATS].token_used(token_hash)
     if not service.is_routable:
         label = status_label(service.status)

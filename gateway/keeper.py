@@ -121,14 +121,16 @@ def _slices(values: list[Any]) -> list[list[Any]]:
 async def _release(table: RoutingTable) -> None:
     """Drop a replaced table a slice at a time: freeing it in one go would
     hold the event loop for as long as building it did."""
-    for mapping in (table.services, table.tokens, table.app_codes):
+    mappings: list[dict[str, Any]] = [table.services, table.app_codes, *table.tokens.shards.values()]
+    for mapping in mappings:
         await _clear(mapping)
 
 
 async def _clear(mapping: dict[str, Any]) -> None:
+    # Freeing a route frees its versions and their lists too: 1,000 at a time.
     keys = list(mapping)
-    for at in range(0, len(keys), 5000):
-        for key in keys[at : at + 5000]:
+    for at in range(0, len(keys), 1000):
+        for key in keys[at : at + 1000]:
             del mapping[key]
         await asyncio.sleep(0)
 

@@ -102,11 +102,64 @@ class ServiceRoute:
         return self.status == ServiceStatus.DEPLOYING and bool(self.serving_versions)
 
 
+class HashMap:
+    """A dict keyed by hex digests, kept as 256 small dicts (by the first two
+    hex digits). Growing one dict to 100,000 entries resizes it in one go, a
+    pause of milliseconds on the event loop each time; a small dict's resize is
+    a few microseconds, and a full reload stays smooth. Lookups cost one more
+    dict access."""
+
+    __slots__ = ("shards",)
+
+    def __init__(self, items: Iterable[tuple[str, Any]] = ()) -> None:
+        self.shards: dict[str, dict[str, Any]] = {}
+        self.update(items)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        shard = self.shards.get(key[:2])
+        return default if shard is None else shard.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        shard = self.shards.get(key[:2])
+        return shard is not None and key in shard
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        shard = self.shards.get(key[:2])
+        if shard is None:
+            shard = self.shards[key[:2]] = {}
+        shard[key] = value
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        shard = self.shards.get(key[:2])
+        return default if shard is None else shard.pop(key, default)
+
+    def update(self, items: Iterable[tuple[str, Any]]) -> None:
+        for key, value in items:
+            self[key] = value
+
+    def items(self) -> Iterable[tuple[str, Any]]:
+        for shard in self.shards.values():
+            yield from shard.items()
+
+    def __len__(self) -> int:
+        return sum(len(shard) for shard in self.shards.values())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, HashMap):
+            other = dict(other.items())
+        return isinstance(other, dict) and dict(self.items()) == other
+
+    def __repr__(self) -> str:
+        return f"HashMap({dict(self.items())!r})"
+
+
 @dataclass
 class RoutingTable:
     services: dict[str, ServiceRoute] = field(default_factory=dict)
     # sha256(token) -> (owner id, expiry as a UNIX time)
-    tokens: dict[str, tuple[int, float]] = field(default_factory=dict)
+    tokens: HashMap = field(default_factory=HashMap)
     # sha256(app code) -> service id
     app_codes: dict[str, str] = field(default_factory=dict)
     # Every change committed before this UNIX time is in the table (0: not loaded yet).
@@ -193,7 +246,7 @@ class TableBuilder:
         self.previous = previous.services if previous is not None else None
         self.services: dict[str, ServiceRoute] = {}
         self.versions: dict[int, VersionRoute] = {}
-        self.tokens: dict[str, tuple[int, float]] = {}
+        self.tokens = HashMap()
         self.app_codes: dict[str, str] = {}
 
     def add_service_rows(self, rows: Iterable[ServiceRow]) -> None:

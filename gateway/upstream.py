@@ -367,8 +367,12 @@ class Pool:
         self, connection: _Connection, method: str, data: bytes, timer: asyncio.TimerHandle | None
     ) -> Response:
         connection.received_any = False
-        assert connection.transport is not None
-        connection.transport.write(data)
+        transport = connection.transport
+        if transport is None:
+            # The instance closed it between the pool handing it out and now:
+            # nothing was sent, so the caller may try a new connection.
+            raise Disconnected("the instance closed the connection before the call was sent")
+        transport.write(data)
         while True:
             buffer = connection.buffer
             end = buffer.find(b"\r\n\r\n")
