@@ -41,6 +41,7 @@ test: ## bootstrap (with Chromium) and run the tests; PYTEST_ARGS='-k foo' narro
 
 lint: ## syntax and type checks: shell scripts, Python byte-compile, ruff, mypy, Django system checks
 	bash -n scripts/bootstrap.sh
+	bash -n scripts/engine-firewall.sh
 	bash -n .ci/run
 	@if command -v shellcheck >/dev/null; then shellcheck -S warning scripts/bootstrap.sh .ci/run; fi
 	$(PY) -m compileall -q common console services pools access api gateway tests examples bench
