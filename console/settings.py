@@ -172,6 +172,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "lifecycle"
 CELERY_TASK_ROUTES = {
     "services.tasks.reconcile_task": {"queue": "reconcile"},
+    "services.tasks.deploys_probe_task": {"queue": "reconcile"},
     "services.tasks.version_check_image_task": {"queue": "reconcile"},
     "access.tasks.access_tokens_purge_task": {"queue": "reconcile"},
 }
@@ -183,11 +184,20 @@ CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 60
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 30 * 60}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 RECONCILE_INTERVAL_SECONDS = env_float("RECONCILE_INTERVAL_SECONDS", 2.0)
+# A deploy waits this long for its health checks itself, then hands the wait to
+# the periodic prober (every DEPLOY_PROBE_INTERVAL_SECONDS) and frees its worker.
+DEPLOY_FAST_WAIT_SECONDS = env_float("DEPLOY_FAST_WAIT_SECONDS", 1.0)
+DEPLOY_PROBE_INTERVAL_SECONDS = env_float("DEPLOY_PROBE_INTERVAL_SECONDS", 0.5)
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {
         "task": "services.tasks.reconcile_task",
         "schedule": RECONCILE_INTERVAL_SECONDS,
         "options": {"expires": RECONCILE_INTERVAL_SECONDS * 2},
+    },
+    "probe-deploys": {
+        "task": "services.tasks.deploys_probe_task",
+        "schedule": DEPLOY_PROBE_INTERVAL_SECONDS,
+        "options": {"expires": DEPLOY_PROBE_INTERVAL_SECONDS * 2},
     },
     "purge-tokens": {
         "task": "access.tasks.access_tokens_purge_task",

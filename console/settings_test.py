@@ -9,6 +9,9 @@ import os
 
 os.environ.setdefault("SECRET_KEY", "test-only-key-never-used-outside-the-test-suite")
 os.environ.setdefault("CONSOLE_ID", "test")
+# Deploys run inline in most tests: they wait for health themselves, as long as
+# it takes; tests of the hand-over to the prober set it short.
+os.environ.setdefault("DEPLOY_FAST_WAIT_SECONDS", "600")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("RECONCILE_INTERVAL_SECONDS", "1")
 

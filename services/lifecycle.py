@@ -14,11 +14,12 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
 from django.conf import settings
-from django.db import connections
+from django.db import connection, connections
 from django.db.models import Q
 from django.utils import timezone
 
@@ -28,19 +29,18 @@ from services import runtime
 from services.choices import InstanceState, ServiceStatus, VersionStatus
 from services.logs import container_log_excerpt_of
 from services.models import AIApplicationVersion, Instance, Service, ServiceEvent
-from services.probes import probe_health
+from services.probes import probe_health_detail
 from services.routing_sync import routing_sync
 from services.transitions import service_event_add, service_transition
 
 log = logging.getLogger(__name__)
 
-# The deploy probes quickly for the first seconds (most servers are up in
-# one), then once a second: every failing probe can be a line in the server's
-# log, and probing at full speed for minutes would push the server's own
-# start-up lines out of the log tail that a failed deploy reports.
+# A deploy probes its instances every 50 ms for DEPLOY_FAST_WAIT_SECONDS (most
+# servers are up within it), then hands the wait to the periodic prober, which
+# probes every DEPLOY_PROBE_INTERVAL_SECONDS: every failing probe can be a line
+# in the server's log, and probing at full speed for minutes would push the
+# server's own start-up lines out of the log tail that a failed deploy reports.
 DEPLOY_POLL_SECONDS = 0.05
-DEPLOY_POLL_FAST_FOR_SECONDS = 5.0
-DEPLOY_POLL_SLOW_SECONDS = 1.0
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -299,49 +299,117 @@ def _instances_record_started(
         service_event_add(service.id, f"Container {instance.container_name} started on {instance.node.name}")
 
 
-def _health_wait(service: Service, token: uuid.UUID, instances: list[Instance], deadline: datetime) -> None:
-    """Probe every instance until all answer their health path.
+@dataclass(frozen=True)
+class ProbeResult:
+    instance: Instance
+    is_healthy: bool
+    note: str
+    # Why the deploy cannot succeed (the container exited or vanished), or "".
+    failure: str = ""
+
+
+def _probe(instance: Instance) -> ProbeResult:
+    """Probe one instance's health path; when it does not answer, see whether its container is still there."""
+    version = instance.config.app_version
+    if instance.host_port is None:
+        # No published port yet: nothing to probe (and none to default to 80).
+        healthy, note = False, "no published port yet"
+    else:
+        healthy, note = probe_health_detail(
+            settings.INSTANCE_HOST, instance.host_port, version.health_path, settings.HEALTH_PROBE_TIMEOUT_SECONDS
+        )
+    note = f"GET {version.health_path} on port {version.container_port}: {note}"
+    if healthy:
+        return ProbeResult(instance, True, note)
+    info = runtime.inspect_container(instance.node.docker_host, instance.container_name)
+    if info is None or info.state in ("exited", "dead"):
+        how = "disappeared" if info is None else f"exited with code {info.exit_code}"
+        return ProbeResult(instance, False, note, failure=f"container {instance.container_name} {how}")
+    return ProbeResult(instance, False, note)
+
+
+def _probes_record(service: Service, results: list[ProbeResult]) -> None:
+    """Write what each probe got; an instance that answered is healthy from now on."""
+    now = timezone.now()
+    for result in results:
+        instance = result.instance
+        if result.is_healthy:
+            instance.is_healthy = True
+            Instance.objects.filter(id=instance.id).update(
+                is_healthy=True, state=InstanceState.RUNNING, probe_note=result.note[:200], probed_at=now
+            )
+            service_event_add(service.id, f"Health check passed for {instance.container_name}")
+        else:
+            Instance.objects.filter(id=instance.id).update(probe_note=result.note[:200], probed_at=now)
+
+
+def _timeout_failure(service: Service, pending: list[Instance]) -> DeployFailed:
+    detail = "\n\n".join(f"== {i.container_name} ==\n{container_log_excerpt_of(i)}" for i in pending)
+    return DeployFailed(
+        f"timed out after {service.timeout_minutes} minute(s): {len(pending)} instance(s) never "
+        f"answered the health check",
+        detail,
+    )
+
+
+def _health_wait(
+    service: Service, token: uuid.UUID, instances: list[Instance], deadline: datetime, budget_seconds: float
+) -> list[Instance]:
+    """Probe the instances quickly for up to `budget_seconds`; the ones still not
+    answering then (most servers are up well within it).
 
     Raises DeployFailed on timeout or when a container exits, and LeaseLost
     when a Delete takes the service meanwhile.
     """
-    pending = list(instances)
-    last_renewal = polling_since = time.monotonic()
+    pending = [instance for instance in instances if not instance.is_healthy]
+    stop_at = last_renewal = time.monotonic()
+    stop_at += budget_seconds
     while pending:
         if timezone.now() > deadline:
-            detail = "\n\n".join(f"== {i.container_name} ==\n{container_log_excerpt_of(i)}" for i in pending)
-            raise DeployFailed(
-                f"timed out after {service.timeout_minutes} minute(s): {len(pending)} instance(s) never "
-                f"answered the health check",
-                detail,
-            )
+            raise _timeout_failure(service, pending)
         if time.monotonic() - last_renewal > settings.TASK_LEASE_SECONDS / 3:
             if not lease_renew(service.id, token, ServiceStatus.DEPLOYING):
                 raise LeaseLost
             last_renewal = time.monotonic()
-        for instance in list(pending):
-            version = instance.config.app_version
-            # No published port yet: nothing to probe (and none to default to 80).
-            if instance.host_port is not None and probe_health(
-                settings.INSTANCE_HOST, instance.host_port, version.health_path, settings.HEALTH_PROBE_TIMEOUT_SECONDS
-            ):
-                pending.remove(instance)
-                Instance.objects.filter(id=instance.id).update(is_healthy=True, state=InstanceState.RUNNING)
-                service_event_add(service.id, f"Health check passed for {instance.container_name}")
-                continue
-            info = runtime.inspect_container(instance.node.docker_host, instance.container_name)
-            if info is None or info.state in ("exited", "dead"):
-                how = "disappeared" if info is None else f"exited with code {info.exit_code}"
-                raise DeployFailed(f"container {instance.container_name} {how}", container_log_excerpt_of(instance))
+        results = in_parallel(_probe, pending)
+        _probes_record(service, results)
+        failed = next((result for result in results if result.failure), None)
+        if failed is not None:
+            raise DeployFailed(failed.failure, container_log_excerpt_of(failed.instance))
+        pending = [result.instance for result in results if not result.is_healthy]
         if pending:
-            is_fast = time.monotonic() - polling_since < DEPLOY_POLL_FAST_FOR_SECONDS
-            time.sleep(DEPLOY_POLL_SECONDS if is_fast else DEPLOY_POLL_SLOW_SECONDS)
+            if time.monotonic() >= stop_at:
+                return pending
+            time.sleep(DEPLOY_POLL_SECONDS)
+    return []
+
+
+def _deploy_succeed(service: Service, token: uuid.UUID, instance_count: int) -> bool:
+    """Every instance answered: Running, once every gateway process routes the service."""
+    # The gateway routes a Deploying service's healthy instances; Running is
+    # said only once every live gateway process does, never before.
+    routing_sync(service_id=service.id)
+    running = f"Running: {instance_count}/{instance_count} instance(s) healthy"
+    return service_transition(service.id, to=ServiceStatus.RUNNING, lease_token=token, event=running)
+
+
+def _hand_over_to_prober(service: Service, token: uuid.UUID, pending: list[Instance]) -> bool:
+    """Leave the rest of the wait to deploys_probe: the lease goes, the worker is free."""
+    handed = Service.objects.filter(id=service.id, status=ServiceStatus.DEPLOYING, lease_token=token).update(
+        health_wait_started_at=timezone.now(), lease_token=None, lease_expires_at=None
+    )
+    if handed:
+        names = ", ".join(instance.container_name for instance in pending)
+        service_event_add(service.id, f"Waiting for the health check of {names}")
+    return bool(handed)
 
 
 def service_deploy_run(*, service_id: uuid.UUID | str) -> str:
-    """Create (or reuse) one container per compute node, wait for every health
-    check, then mark the service Running; on timeout or a container exit, remove
-    the containers and mark it Failed with the reason and the last log lines.
+    """Create (or reuse) one container per compute node and probe them for a
+    moment; when every one answers its health path, mark the service Running,
+    else hand the wait to the periodic prober (deploys_probe) and return, so a
+    slow or broken model never holds a worker. On a container exit, remove the
+    containers and mark it Failed with the reason and the last log lines.
 
     Safe to repeat: claims the Deploying service with a lease first, and
     containers have deterministic names, so a second run adopts the first's.
@@ -367,20 +435,80 @@ def service_deploy_run(*, service_id: uuid.UUID | str) -> str:
         return "lease lost"
     _instances_record_started(service, instances, started)
     try:
-        _health_wait(service, token, instances, deadline)
+        pending = _health_wait(service, token, instances, deadline, settings.DEPLOY_FAST_WAIT_SECONDS)
     except DeployFailed as failure:
         _deploy_fail(service, token, failure.reason, instances, failure.detail)
         return "failed"
     except LeaseLost:
         return "lease lost"
+    if pending:
+        return "waiting" if _hand_over_to_prober(service, token, pending) else "lease lost"
+    return "running" if _deploy_succeed(service, token, len(instances)) else "lease lost"
 
-    # The gateway routes a Deploying service's healthy instances; Running is
-    # said only once every live gateway process does, never before.
-    routing_sync(service_id=service.id)
-    running = f"Running: {len(instances)}/{len(instances)} instance(s) healthy"
-    if service_transition(service.id, to=ServiceStatus.RUNNING, lease_token=token, event=running):
-        return "running"
-    return "lease lost"
+
+PROBE_LOCK_KEY = 0x525450  # one prober at a time across all workers
+
+
+def deploys_probe() -> dict[str, str] | None:
+    """One round of the periodic prober: probe every instance of every deploy
+    waiting for its health checks, all at once; a service whose instances all
+    answer turns Running, one whose container exited or whose timeout passed
+    turns Failed with the reason and the last log lines. Safe to repeat and to
+    run on several workers (one at a time runs; each service is claimed with a
+    lease). Returns None when another round is running, else the outcome per service."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [PROBE_LOCK_KEY])
+        if not cursor.fetchone()[0]:
+            return None
+    try:
+        return _deploys_probe_round()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [PROBE_LOCK_KEY])
+
+
+def _deploys_probe_round() -> dict[str, str]:
+    outcomes: dict[str, str] = {}
+    waiting = Service.objects.filter(status=ServiceStatus.DEPLOYING, health_wait_started_at__isnull=False).values_list(
+        "id", flat=True
+    )
+    claimed: list[tuple[Service, uuid.UUID, list[Instance]]] = []
+    for service_id in waiting:
+        token = lease_claim(service_id, ServiceStatus.DEPLOYING)
+        if token is None:
+            continue
+        service = Service.objects.select_related("pool").get(id=service_id)
+        instances = list(service.instances.select_related("node", "config__app_version__application", "config__flavor"))
+        pending = [instance for instance in instances if not instance.is_healthy]
+        if timezone.now() > deploy_deadline(service):
+            failure = _timeout_failure(service, pending)
+            _deploy_fail(service, token, failure.reason, instances, failure.detail)
+            outcomes[str(service_id)] = "failed"
+            continue
+        claimed.append((service, token, instances))
+
+    probes = [
+        (service, instance) for service, _, instances in claimed for instance in instances if not instance.is_healthy
+    ]
+    results = in_parallel(lambda item: _probe(item[1]), probes)
+    by_service: dict[str, list[ProbeResult]] = {}
+    for (service, _), result in zip(probes, results, strict=True):
+        by_service.setdefault(str(service.id), []).append(result)
+
+    for service, token, instances in claimed:
+        service_results = by_service.get(str(service.id), [])
+        _probes_record(service, service_results)
+        failed = next((result for result in service_results if result.failure), None)
+        if failed is not None:
+            _deploy_fail(service, token, failed.failure, instances, container_log_excerpt_of(failed.instance))
+            outcomes[str(service.id)] = "failed"
+        elif all(result.is_healthy for result in service_results):
+            outcomes[str(service.id)] = "running" if _deploy_succeed(service, token, len(instances)) else "lease lost"
+        else:
+            # Still waiting: let the next round claim it again.
+            Service.objects.filter(id=service.id, lease_token=token).update(lease_token=None, lease_expires_at=None)
+            outcomes[str(service.id)] = "waiting"
+    return outcomes
 
 
 # --- Stop and delete -------------------------------------------------------------------

@@ -5,6 +5,7 @@ import uuid
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
+from django.utils import timezone
 
 from services.choices import (
     CALLABLE_STATUSES,
@@ -84,6 +85,10 @@ class Service(models.Model):
     # lapsed (e.g. the worker died), so no transition is ever stranded.
     lease_token = models.UUIDField(null=True, blank=True, editable=False)
     lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Set when a deploy has started its containers and handed the wait for
+    # their health checks to the periodic prober (services.lifecycle.deploys_probe),
+    # so no worker is held while a slow or broken model comes up.
+    health_wait_started_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     # Not columns: set only on the rows services.selectors.service_detail_for
     # returns (its Prefetch to_attr=...).
@@ -106,6 +111,15 @@ class Service(models.Model):
     @property
     def is_transitional(self) -> bool:
         return self.status in TRANSITIONAL_STATUSES
+
+    @property
+    def deploying_seconds(self) -> int:
+        """Seconds since the service last changed status (for a Deploying one: since the deploy began)."""
+        return int((timezone.now() - self.status_changed_at).total_seconds())
+
+    @property
+    def timeout_seconds(self) -> int:
+        return self.timeout_minutes * 60
 
     @property
     def is_callable(self) -> bool:
@@ -162,6 +176,9 @@ class Instance(models.Model):
     host_port = models.PositiveIntegerField(null=True, blank=True)
     state = models.CharField(max_length=16, choices=InstanceState.choices, default=InstanceState.PENDING)
     is_healthy = models.BooleanField(default=False)
+    # What the last health probe of a deploy got ("connection refused", "answered 500 …").
+    probe_note = models.CharField(max_length=200, blank=True)
+    probed_at = models.DateTimeField(null=True, blank=True)
     restart_count = models.PositiveIntegerField(default=0)
     # Restarts since the instance was last seen healthy; the reconcile loop
     # waits longer between restarts of an instance that keeps dying.

@@ -339,6 +339,8 @@ def _requeue_lapsed(services: dict[str, Service], now: datetime, report: Reconci
     for service in services.values():
         if service.status not in TRANSITIONAL_STATUSES:
             continue
+        if service.health_wait_started_at is not None:
+            continue  # the deploy prober (services.tasks.deploys_probe_task) has it
         if service.lease_expires_at is None:
             lapsed = now - service.status_changed_at > timedelta(seconds=UNCLAIMED_GRACE_SECONDS)
         else:

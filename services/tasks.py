@@ -33,6 +33,12 @@ def version_check_image_task(version_id: int) -> str | None:
     return lifecycle.ai_application_version_check_image(version_id=version_id)
 
 
+@shared_task
+def deploys_probe_task() -> dict[str, str] | None:
+    """One round of the prober of deploys waiting for their health checks."""
+    return lifecycle.deploys_probe()
+
+
 # The task that carries a service out of each transitional status.
 TASK_FOR_STATUS: dict[ServiceStatus, Task] = {
     ServiceStatus.DEPLOYING: service_deploy_task,

@@ -68,6 +68,7 @@ def service_transition(
             status_changed_at=timezone.now(),
             lease_token=None,
             lease_expires_at=None,
+            health_wait_started_at=None,
         )
         if moved and event:
             service_event_add(service_id, event, level=event_level, detail=event_detail)

@@ -113,13 +113,14 @@ def pinned_limits(settings):
 # shared reconcile loop never sees a service whose containers just vanished.
 
 
-def start_celery_processes(schedule_path: Path) -> list[subprocess.Popen]:
+def start_celery_processes(schedule_path: Path, **env_overrides: str) -> list[subprocess.Popen]:
     env = dict(
         os.environ,
         DJANGO_SETTINGS_MODULE="console.settings_test",
         DATABASE_NAME=settings.DATABASES["default"]["NAME"],
         SERVICE_TIMEOUT_SCALE=os.environ.get("STACK_TIMEOUT_SCALE", "0.05"),
         DATABASE_CONN_MAX_AGE="0",
+        **env_overrides,
     )
     celery = [sys.executable, "-m", "celery", "-A", "console"]
     log_dir = ROOT / "test-artifacts"
