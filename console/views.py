@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.template import loader
@@ -36,9 +39,23 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
 
 def server_error(request: HttpRequest) -> HttpResponse:
     # No request context and no database here: whatever broke may be either.
+    # Django calls this inside its `except`, so the exception is at hand.
+    if isinstance(sys.exc_info()[1], OperationalError | InterfaceError):
+        return database_unavailable(request)
     if request.path.startswith(API_PREFIX):
         return _api_error(500, ErrorCode.INTERNAL, "The console could not answer this request; try again.")
     return HttpResponse(loader.get_template("500.html").render(), status=500)
+
+
+def database_unavailable(request: HttpRequest) -> HttpResponse:
+    """PostgreSQL does not answer (restarting, say): a clear 503, and try again soon."""
+    message = "The console's database is not answering right now; try again in a few seconds."
+    if request.path.startswith(API_PREFIX):
+        response: HttpResponse = _api_error(503, ErrorCode.UNAVAILABLE, message)
+    else:
+        response = HttpResponse(loader.get_template("503.html").render({"message": message}), status=503)
+    response["Retry-After"] = "5"
+    return response
 
 
 def login_locked_out(

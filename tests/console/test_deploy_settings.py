@@ -106,3 +106,29 @@ def test_a_form_posted_without_csrf_token_gets_the_consoles_403(owner):
     response = client.post("/access/keys/", {"name": "ci"})
     assert response.status_code == 403
     assert "The form had expired" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_database_outage_is_a_clear_503_not_a_traceback(owner_client, monkeypatch):
+    from django.db import OperationalError
+
+    from api import views as api_views
+    from services import selectors
+
+    def database_down(*args, **kwargs):
+        raise OperationalError("connection to server at 127.0.0.1, port 5432 failed: Connection refused")
+
+    monkeypatch.setattr(selectors, "service_list_for", database_down)
+    owner_client.raise_request_exception = False
+    page = owner_client.get("/")
+    assert page.status_code == 503
+    assert page["Retry-After"] == "5"
+    assert "database is not answering" in page.content.decode()
+    assert "Connection refused" not in page.content.decode()
+
+    monkeypatch.setattr(api_views, "service_list_for", database_down, raising=False)
+    monkeypatch.setattr(api_views, "json_body", database_down)
+    client = Client(raise_request_exception=False)
+    api = client.post("/api/v1/auth/tokens", "{}", content_type="application/json")
+    assert api.status_code == 503
+    assert api.json()["error_code"] == "RTS.5030"
