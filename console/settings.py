@@ -225,7 +225,9 @@ SERVICE_TIMEOUT_MAX_MINUTES = 120
 # Tests shorten the deploy timeout below the 3-minute floor users may pick.
 SERVICE_TIMEOUT_SCALE = env_float("SERVICE_TIMEOUT_SCALE", 1.0)
 HEALTH_PROBE_TIMEOUT_SECONDS = env_float("HEALTH_PROBE_TIMEOUT_SECONDS", 1.0)
-TASK_LEASE_SECONDS = env_int("TASK_LEASE_SECONDS", 30)
+# Short, and renewed every third of it while the work runs: work whose worker
+# died is taken up again by the reconcile loop within a few seconds.
+TASK_LEASE_SECONDS = env_float("TASK_LEASE_SECONDS", 3.0)
 CONTAINER_LOG_TAIL_LINES = env_int("CONTAINER_LOG_TAIL_LINES", 50)
 # What every model container runs under (see README, Security).
 # "allow": model containers may reach the outside world; "deny": nothing outside their service's network.

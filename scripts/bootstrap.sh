@@ -284,8 +284,11 @@ DOCKERD_PID=""
 docker_answers_or_dockerd_died() {
     docker_answers && return 0
     # Stop waiting as soon as the dockerd we started is gone.
-    [ -n "$DOCKERD_PID" ] && ! kill -0 "$DOCKERD_PID" 2>/dev/null && ! pgrep -x dockerd >/dev/null 2>&1
+    [ -n "$DOCKERD_PID" ] && ! kill -0 "$DOCKERD_PID" 2>/dev/null && ! dockerd_alive
 }
+
+# A dockerd that was killed stays listed until it is reaped: only a live one counts.
+dockerd_alive() { pgrep -x -r R,S,D dockerd >/dev/null 2>&1; }
 
 # The model containers' firewall on the local engine's host (see the script).
 engine_firewall() {
@@ -314,7 +317,7 @@ step_docker() {
         apt_install docker.io
     fi
     have docker || die "missing: the docker client (apt-get install -y docker.io)"
-    if pgrep -x dockerd >/dev/null 2>&1; then
+    if dockerd_alive; then
         say "waiting for the running Docker engine"
     else
         say "starting Docker engine (log: .run/dockerd.log)"
@@ -324,6 +327,7 @@ step_docker() {
         # default pools hold about 30).
         nohup setsid dockerd --host "unix://$DEFAULT_DOCKER_SOCK" \
             --default-address-pool base=10.210.0.0/16,size=24 \
+            --live-restore --userland-proxy=false \
             </dev/null >>"$RUN_DIR/dockerd.log" 2>&1 9>&- &
         DOCKERD_PID=$!
         disown || true

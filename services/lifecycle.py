@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -68,6 +70,30 @@ def lease_renew(service_id: uuid.UUID | str, token: uuid.UUID, status: ServiceSt
             lease_expires_at=timezone.now() + timedelta(seconds=settings.TASK_LEASE_SECONDS)
         )
     )
+
+
+@contextmanager
+def lease_kept(service_id: uuid.UUID | str, token: uuid.UUID, status: ServiceStatus) -> Iterator[None]:
+    """Renew the lease every third of its length while the block runs, so a
+    lease can be short (a dead worker's work is taken up again within seconds)
+    however long one engine call takes."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        try:
+            while not stop.wait(settings.TASK_LEASE_SECONDS / 3):
+                if not lease_renew(service_id, token, status):
+                    return
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    thread = threading.Thread(target=renew, name=f"lease-{service_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def lease_release_for_retry(service_id: uuid.UUID | str, token: uuid.UUID) -> None:
@@ -417,6 +443,11 @@ def service_deploy_run(*, service_id: uuid.UUID | str) -> str:
     token = lease_claim(service_id, ServiceStatus.DEPLOYING)
     if token is None:
         return "not claimed"
+    with lease_kept(service_id, token, ServiceStatus.DEPLOYING):
+        return _deploy(service_id, token)
+
+
+def _deploy(service_id: uuid.UUID | str, token: uuid.UUID) -> str:
     service = Service.objects.select_related("pool").get(id=service_id)
     deadline = deploy_deadline(service)
     try:
@@ -519,6 +550,11 @@ def service_stop_run(*, service_id: uuid.UUID | str) -> str:
     token = lease_claim(service_id, ServiceStatus.STOPPING)
     if token is None:
         return "not claimed"
+    with lease_kept(service_id, token, ServiceStatus.STOPPING):
+        return _stop(service_id, token)
+
+
+def _stop(service_id: uuid.UUID | str, token: uuid.UUID) -> str:
     instances = list(Instance.objects.filter(service_id=service_id).select_related("node"))
 
     def stop(instance: Instance) -> None:
@@ -542,6 +578,11 @@ def service_delete_run(*, service_id: uuid.UUID | str) -> str:
     token = lease_claim(service_id, ServiceStatus.DELETING)
     if token is None:
         return "not claimed"
+    with lease_kept(service_id, token, ServiceStatus.DELETING):
+        return _delete(service_id, token)
+
+
+def _delete(service_id: uuid.UUID | str, token: uuid.UUID) -> str:
     instances = list(Instance.objects.filter(service_id=service_id).select_related("node"))
     try:
         in_parallel(lambda i: runtime.remove_container(i.node.docker_host, i.container_name), instances)

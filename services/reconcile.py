@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 RECONCILE_LOCK_KEY = 0x525453  # any constant; one reconcile at a time across all workers
 NODE_REFRESH_SECONDS = 30
-UNCLAIMED_GRACE_SECONDS = 10
+# A transitional service nobody has claimed for this long gets its task enqueued again.
+UNCLAIMED_GRACE_SECONDS = 5
 RESTART_BACKOFF_MAX_SECONDS = 300
 
 
