@@ -88,6 +88,10 @@ AXES_COOLOFF_TIME = timedelta(seconds=env_int("LOGIN_LOCKOUT_SECONDS", 300))
 AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "console.views.login_locked_out"
+# Behind a reverse proxy every client would share its address: the client's is
+# read from X-Forwarded-For, past this many trusted proxies (console.http.client_address).
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1 if BEHIND_TLS else 0)
+AXES_CLIENT_IP_CALLABLE = "console.http.client_address"
 AXES_VERBOSE = False
 
 ROOT_URLCONF = "console.urls"

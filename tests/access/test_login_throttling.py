@@ -74,3 +74,23 @@ def test_the_console_and_admin_logins_are_throttled_too(owner, path):
     assert locked.status_code == 429
     assert locked["Retry-After"] == "300"
     assert "Too many failed logins" in locked.content.decode()
+
+
+def test_behind_a_trusted_proxy_clients_are_told_apart_by_x_forwarded_for(owner, settings):
+    settings.TRUSTED_PROXY_COUNT = 1
+    client = Client()
+
+    def login_via_proxy(username: str, client_address: str):
+        return client.post(
+            "/api/v1/auth/tokens",
+            json.dumps({"username": username, "password": "wrong"}),
+            content_type="application/json",
+            REMOTE_ADDR="127.0.0.1",
+            HTTP_X_FORWARDED_FOR=client_address,
+        )
+
+    for n in range(LIMIT - 1):
+        assert login_via_proxy(f"nobody-{n}", "203.0.113.7").status_code == 401
+    assert login_via_proxy("nobody-x", "203.0.113.7").status_code == 429
+    # Another client behind the same proxy is not held back.
+    assert login_via_proxy("nobody-y", "203.0.113.8").status_code == 401

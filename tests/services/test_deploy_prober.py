@@ -48,7 +48,7 @@ def test_a_slow_model_is_handed_to_the_prober_and_turns_running(engine, owner, p
     )
     # The details page says what is being checked and what it got.
     page = owner_client.get(f"/services/{service.id}/").content.decode()
-    assert f"{instance.probe_note}, " in page and " s of 1200" in page
+    assert f"{instance.probe_note}, " in page and " s of 1200 s" in page
 
     running = probe_until_settled(service.id)
 
