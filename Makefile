@@ -32,6 +32,8 @@ run: ## bootstrap, migrate, seed the demo data, then run web + workers + beat + 
 	$(PY) manage.py collectstatic --noinput -v0
 	PORT=$(PORT) $(PY) manage.py seed_demo
 	@mkdir -p .run
+	@# The web's and the workers' Prometheus metrics: a fresh directory each run.
+	@rm -rf .run/metrics && mkdir -p .run/metrics
 	PORT=$(PORT) exec .venv/bin/honcho start -f Procfile -p $(PORT)
 
 test: ## bootstrap (with Chromium) and run the tests; PYTEST_ARGS='-k foo' narrows them

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from access.views import ConsoleLogoutView
+from console import metrics as console_metrics
 
 urlpatterns = [
     path("", include("services.urls")),
@@ -11,6 +12,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", ConsoleLogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    path("metrics", console_metrics.metrics, name="metrics"),
 ]
 
 handler403 = "console.views.forbidden"

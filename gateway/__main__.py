@@ -10,8 +10,10 @@ import argparse
 import dataclasses
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -34,6 +36,12 @@ def main() -> None:
         serve(config)
         return
 
+    # Each process keeps its metrics in files here; /metrics adds them up. A
+    # fresh directory per run, as prometheus_client's multiprocess mode asks.
+    metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="rts-gateway-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     context = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -61,6 +69,8 @@ def main() -> None:
             process.terminate()
     for process in processes:
         process.join(timeout=10)
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     sys.exit(0)
 
 

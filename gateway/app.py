@@ -27,7 +27,7 @@ try:
 except ImportError:  # optional: the gateway works on asyncio's own loop
     uvloop = None  # type: ignore[assignment]
 
-from gateway import store
+from gateway import metrics, store
 from gateway import upstream as upstream_client
 from gateway.config import DatabaseConfig, GatewayConfig
 from gateway.keeper import TableHolder, TableKeeper
@@ -55,6 +55,9 @@ NOT_FORWARDED = HOP_BY_HOP | CREDENTIAL_HEADERS | GATEWAY_SET | CLIENT_CLAIMS | 
 # A caller's own X-Request-Id is kept when it looks like an id; otherwise the gateway makes one.
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+INFER_ROUTE = "infer"
+# The service a call was authorized for (the only service id a metric is labelled with).
+AUTHORIZED_SERVICE = "rts.authorized_service"
 PREFIX_LENGTH = len(INFER_PREFIX)
 # Answers up to this size (with a Content-Length) are read whole and sent in
 # one write; larger ones are streamed.
@@ -115,11 +118,18 @@ async def hygiene(
     limit = request.app[CONFIG].max_header_bytes
     if sum(len(name) + len(value) + 4 for name, value in request.raw_headers) > limit:
         return error(431, ErrorCode.HEADERS_TOO_LARGE, f"The request's headers are larger than {limit} bytes.")
+    started = time.perf_counter()
     try:
-        return await handler(request)
+        response = await handler(request)
     except web.HTTPException as exc:
         code = ERROR_CODES_BY_STATUS.get(exc.status, ErrorCode.BAD_REQUEST)
-        return error(exc.status, code, exc.reason)
+        response = error(exc.status, code, exc.reason)
+    if (request.match_info.route.name or "").startswith(INFER_ROUTE):
+        metrics.CALLS.labels(
+            request.get(AUTHORIZED_SERVICE, metrics.UNKNOWN_SERVICE), metrics.status_class(response.status)
+        ).inc()
+        metrics.CALL_SECONDS.observe(time.perf_counter() - started)
+    return response
 
 
 def _answer_in_http11(request: web.BaseRequest) -> None:
@@ -204,6 +214,7 @@ def _callable_service(request: web.Request) -> ServiceRoute | web.Response:
         return error(404, ErrorCode.NOT_FOUND, f"Service {service_id} does not exist.")
     if token_hash is not None and token_hash in table.tokens:
         app[STATS].token_used(token_hash)
+    request[AUTHORIZED_SERVICE] = service.service_id
     if not service.is_routable:
         label = status_label(service.status)
         return error(503, ErrorCode.NOT_CALLABLE, f"Service {service_id} is {label}, not Running.")
@@ -289,14 +300,17 @@ async def _proxy(
         try:
             answer = await pool.request(upstream, request.method, target, headers, body, timeout)
         except (upstream_client.ConnectError, upstream_client.Disconnected) as exc:
+            metrics.UPSTREAM_ERRORS.labels("connect").inc()
             suspects[upstream] = time.monotonic() + SUSPECT_SECONDS
             tried.add(upstream)
             last_error = str(exc)
             continue
         except upstream_client.BadResponse as exc:
+            metrics.UPSTREAM_ERRORS.labels("bad_response").inc()
             stats.record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
             return error(502, ErrorCode.BAD_UPSTREAM_ANSWER, f"The instance did not answer in HTTP: {exc}")
         except TimeoutError:
+            metrics.UPSTREAM_ERRORS.labels("timeout").inc()
             stats.record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
             return error(504, ErrorCode.UPSTREAM_TIMEOUT, f"The model did not answer within {timeout:g} s.")
         return await _relay(request, answer, stats, service_id, version.config_id, started)
@@ -379,6 +393,25 @@ async def table_health(request: web.Request) -> web.Response:
     )
 
 
+async def metrics_view(request: web.Request) -> web.Response:
+    """Prometheus metrics, for a scraper on the gateway's own machine."""
+    if not _is_local_caller(request):
+        return error(404, ErrorCode.NOT_FOUND, "Not found.")
+    _table_metrics_set(request.app)
+    body, content_type = metrics.exposition()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+def _table_metrics_set(app: web.Application) -> None:
+    table: RoutingTable = app[TABLE].current
+    metrics.TABLE_SERVICES.set(len(table.services))
+    metrics.TABLE_TOKENS.set(len(table.tokens))
+    if table.loaded_at:
+        metrics.TABLE_LOADED_AT.set(table.loaded_at)
+
+
 def _is_local_caller(request: web.Request) -> bool:
     """A caller on this machine that came through no proxy."""
     if "X-Forwarded-For" in request.headers or "Forwarded" in request.headers:
@@ -405,6 +438,7 @@ async def _flush_loop(app: web.Application) -> None:
         await asyncio.sleep(1.0)
         await _flush_once(app, conn_holder)
         _forget_stale(app)
+        _table_metrics_set(app)
 
 
 async def _flush_once(app: web.Application, conn_holder: dict[str, psycopg.AsyncConnection[Any] | None]) -> None:
@@ -454,10 +488,11 @@ def create_app(config: GatewayConfig) -> web.Application:
     app[KEEPER] = TableKeeper(config, conninfo(config.database), app[TABLE])
     app[STATS] = CallStats()
     app[SUSPECTS] = {}
-    app.router.add_route("*", "/v1/infers/{service_id}", infer)
-    app.router.add_route("*", "/v1/infers/{service_id}/{rest:.*}", infer)
+    app.router.add_route("*", "/v1/infers/{service_id}", infer, name=INFER_ROUTE)
+    app.router.add_route("*", "/v1/infers/{service_id}/{rest:.*}", infer, name=INFER_ROUTE + "_path")
     app.router.add_get("/healthz", health)
     app.router.add_get("/healthz/table", table_health)
+    app.router.add_get("/metrics", metrics_view)
     app.cleanup_ctx.append(_start_background)
     return app
 

@@ -31,6 +31,7 @@ from pools.selectors import node_pick_for
 from services import runtime
 from services.choices import InstanceState, ServiceStatus, VersionStatus
 from services.logs import container_log_excerpt_of
+from services.metrics import DEPLOY_SECONDS
 from services.models import AIApplicationVersion, Instance, Service, ServiceEvent
 from services.probes import probe_health_detail
 from services.routing_sync import routing_sync
@@ -425,7 +426,10 @@ def _deploy_succeed(service: Service, token: uuid.UUID, instance_count: int) -> 
     # said only once every live gateway process does, never before.
     routing_sync(service_id=service.id)
     running = f"Running: {instance_count}/{instance_count} instance(s) healthy"
-    return service_transition(service.id, to=ServiceStatus.RUNNING, lease_token=token, event=running)
+    moved = service_transition(service.id, to=ServiceStatus.RUNNING, lease_token=token, event=running)
+    if moved:
+        DEPLOY_SECONDS.observe((timezone.now() - service.status_changed_at).total_seconds())
+    return moved
 
 
 def _hand_over_to_prober(service: Service, token: uuid.UUID, pending: list[Instance]) -> bool:

@@ -11,6 +11,7 @@ from celery import Task, shared_task
 
 from services import lifecycle, reconcile
 from services.choices import ServiceStatus
+from services.metrics import RECONCILE_SECONDS
 
 
 @shared_task
@@ -50,7 +51,8 @@ TASK_FOR_STATUS: dict[ServiceStatus, Task] = {
 @shared_task
 def reconcile_task() -> dict[str, Any] | None:
     """One reconcile cycle; then re-enqueue the work whose worker died."""
-    report = reconcile.reconcile()
+    with RECONCILE_SECONDS.time():
+        report = reconcile.reconcile()
     if report is None:
         return None
     for service_id, status in report.lapsed:

@@ -212,8 +212,8 @@ def stop_gateway(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def start_gateway(**env_overrides: str) -> tuple[subprocess.Popen, str]:
-    """`python -m gateway --processes 1` on a free port of 127.0.0.1, on the test
+def start_gateway(processes: int = 1, **env_overrides: str) -> tuple[subprocess.Popen, str]:
+    """`python -m gateway --processes N` (1 unless given) on a free port of 127.0.0.1, on the test
     database; returns (process, base URL) once /healthz answers."""
     port = free_port()
     env = {
@@ -224,7 +224,17 @@ def start_gateway(**env_overrides: str) -> tuple[subprocess.Popen, str]:
     }
     log_dir = ROOT / "test-artifacts"
     log_dir.mkdir(exist_ok=True)
-    command = [sys.executable, "-m", "gateway", "--processes", "1", "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "--processes",
+        str(processes),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with open(log_dir / "gateway.log", "ab") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
