@@ -50,18 +50,21 @@ def _flatten_errors(errors: dict[str, list[str]]) -> dict[str, list[str]]:
     return flat
 
 
-def deploy_form_context(user: User, data: dict[str, Any] | None, errors: dict[str, list[str]]) -> dict[str, Any]:
+def deploy_form_context(
+    user: User, data: dict[str, Any] | None, errors: dict[str, list[str]], *, version_id: str = ""
+) -> dict[str, Any]:
+    """The Deploy form's context; a fresh form chooses no version, unless
+    `version_id` names one of the user's Normal versions (the Deploy link of a version)."""
     pools = list(pool_list_for(user).prefetch_related("nodes"))
     versions = list(deployable_versions_for(user))
+    chosen = version_id if any(str(version.id) == version_id for version in versions) else ""
     data = data or {
         "name": "",
         "description": "",
         "pool": str(pools[0].id) if pools else "",
         "timeout_minutes": settings.SERVICE_TIMEOUT_DEFAULT_MINUTES,
         "websocket": False,
-        "configs": [
-            {"app_version": str(versions[0].id) if versions else "", "flavor": "", "instance_count": 1, "envs": []}
-        ],
+        "configs": [{"app_version": chosen, "flavor": "", "instance_count": 1, "envs": []}],
     }
     config = data["configs"][0]
     selected_pool = next((pool for pool in pools if str(pool.id) == str(data["pool"])), None)

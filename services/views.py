@@ -54,7 +54,7 @@ def service_deploy(request: ConsoleRequest) -> HttpResponse:
             return redirect("services:list")
     else:
         data = None
-    context = deploy_form_context(request.user, data, errors)
+    context = deploy_form_context(request.user, data, errors, version_id=request.GET.get("version", ""))
     return render(request, "services/service_deploy.html", context, status=400 if errors else 200)
 
 
