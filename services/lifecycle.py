@@ -98,6 +98,17 @@ def lease_kept(service_id: uuid.UUID | str, token: uuid.UUID, status: ServiceSta
         thread.join()
 
 
+def _run_leased(
+    service_id: uuid.UUID | str, status: ServiceStatus, work: Callable[[uuid.UUID | str, uuid.UUID], str]
+) -> str:
+    """Claim the service in `status`, then do the work while the lease is kept alive."""
+    token = lease_claim(service_id, status)
+    if token is None:
+        return "not claimed"
+    with lease_kept(service_id, token, status):
+        return work(service_id, token)
+
+
 def lease_release_for_retry(service_id: uuid.UUID | str, token: uuid.UUID) -> None:
     """Let a held lease lapse now, so the reconcile loop re-enqueues the work soon."""
     Service.objects.filter(id=service_id, lease_token=token).update(lease_expires_at=timezone.now())
@@ -453,11 +464,7 @@ def service_deploy_run(*, service_id: uuid.UUID | str) -> str:
     Safe to repeat: claims the Deploying service with a lease first, and
     containers have deterministic names, so a second run adopts the first's.
     """
-    token = lease_claim(service_id, ServiceStatus.DEPLOYING)
-    if token is None:
-        return "not claimed"
-    with lease_kept(service_id, token, ServiceStatus.DEPLOYING):
-        return _deploy(service_id, token)
+    return _run_leased(service_id, ServiceStatus.DEPLOYING, _deploy)
 
 
 def _deploy(service_id: uuid.UUID | str, token: uuid.UUID) -> str:
@@ -560,11 +567,7 @@ def _deploys_probe_round() -> dict[str, str]:
 
 def service_stop_run(*, service_id: uuid.UUID | str) -> str:
     """Stop every container of a Stopping service and mark it Stopped. Safe to repeat."""
-    token = lease_claim(service_id, ServiceStatus.STOPPING)
-    if token is None:
-        return "not claimed"
-    with lease_kept(service_id, token, ServiceStatus.STOPPING):
-        return _stop(service_id, token)
+    return _run_leased(service_id, ServiceStatus.STOPPING, _stop)
 
 
 def _stop(service_id: uuid.UUID | str, token: uuid.UUID) -> str:
@@ -588,11 +591,7 @@ def _stop(service_id: uuid.UUID | str, token: uuid.UUID) -> str:
 
 def service_delete_run(*, service_id: uuid.UUID | str) -> str:
     """Remove every container of a Deleting service, then its row. Safe to repeat."""
-    token = lease_claim(service_id, ServiceStatus.DELETING)
-    if token is None:
-        return "not claimed"
-    with lease_kept(service_id, token, ServiceStatus.DELETING):
-        return _delete(service_id, token)
+    return _run_leased(service_id, ServiceStatus.DELETING, _delete)
 
 
 def _delete(service_id: uuid.UUID | str, token: uuid.UUID) -> str:
