@@ -80,9 +80,12 @@ MONITORING_MINUTES = 60
 @require_GET
 def service_detail(request: ConsoleRequest, service_id: uuid.UUID) -> HttpResponse:
     if request.htmx:
-        # The Overview's live part polling while the service is in transition.
+        # The Overview's live parts polling while the service is in transition.
         service = selectors.service_detail_for(request.user, service_id)
-        context = {"service": service, "is_polling": service.is_transitional}
+        context: dict[str, Any] = {"service": service, "is_polling": service.is_transitional}
+        if request.GET.get("part") == "logs":
+            context["instance_logs"] = logs.instance_logs_read(service.instance_rows)
+            return render(request, "services/service_detail.html#logs", context)
         return render(request, "services/service_detail.html#live", context)
     tab = request.GET.get("tab", "overview")
     if tab not in DETAIL_TABS:

@@ -93,3 +93,38 @@ def test_the_usage_guide_names_the_predict_path(owner_client, service):
     text = html.unescape(owner_client.get(tab_url(service, "usage")).content.decode())
 
     assert re.search(r"goes to the predict path of a healthy instance\s+\(<code>/predict</code>\)", text)
+
+
+@pytest.mark.django_db
+def test_the_logs_refresh_while_the_service_is_in_transition_and_say_so(
+    owner_client, owner, pool, flavors, demo_version
+):
+    from tests.factories import make_service
+
+    deploying = make_service(owner, pool, version=demo_version, name="deploying-one", status=ServiceStatus.DEPLOYING)
+    running = make_service(owner, pool, version=demo_version, name="running-one", status=ServiceStatus.RUNNING)
+
+    page = owner_client.get(f"/services/{deploying.id}/").content.decode()
+    assert f'hx-get="/services/{deploying.id}/?part=logs"' in page
+    assert "refreshed every 2 s while the service is Deploying" in page
+    fragment = owner_client.get(f"/services/{deploying.id}/?part=logs", HTTP_HX_REQUEST="true")
+    assert fragment.status_code == 200
+    assert fragment.content.decode().lstrip().startswith('<section class="card" id="service-logs"')
+
+    still = owner_client.get(f"/services/{running.id}/").content.decode()
+    assert "?part=logs" not in still and "as of page load" in still
+
+
+@pytest.mark.django_db
+def test_a_failed_deploys_removed_instance_says_so(owner_client, owner, pool, flavors, demo_version):
+    from services.choices import InstanceState
+    from tests.factories import add_instance, make_service
+
+    failed = make_service(owner, pool, version=demo_version, name="failed-one", status=ServiceStatus.FAILED)
+    instance = add_instance(failed, is_healthy=False)
+    instance.state = InstanceState.MISSING
+    instance.host_port = None
+    instance.save(update_fields=["state", "host_port"])
+
+    page = owner_client.get(f"/services/{failed.id}/").content.decode()
+    assert "Removed (the deploy failed)" in page

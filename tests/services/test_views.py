@@ -402,7 +402,9 @@ def test_detail_polling_request_returns_only_the_live_part(owner_client, detaile
     response = owner_client.get(reverse("services:detail", args=[detailed_service.id]), HTTP_HX_REQUEST="true")
 
     content = response.content.decode()
-    assert content.lstrip().startswith('<div id="service-live"')
+    # The buttons of the status it shows, out of band, then the live part itself.
+    assert content.lstrip().startswith('<div class="head-actions" id="head-actions" hx-swap-oob="true">')
+    assert '<div id="service-live"' in content
     assert "Running: 1/1 instance(s) healthy" in content
     assert "<html" not in content and "<h2>Configuration</h2>" not in content
 
