@@ -61,7 +61,7 @@ def test_the_access_keys_page_says_which_token_was_revoked_to_make_room(owner_cl
     settings.ACCESS_TOKEN_MAX_LIVE = 1
     access_token_create(owner=owner, name="old-one", days=30)
 
-    response = owner_client.post("/access/keys/", {"name": "new-one", "days": "30"})
+    response = owner_client.post("/access/keys/", {"name": "new-one", "days": "30"}, follow=True)
 
     assert response.status_code == 200
     assert "the oldest one was revoked: “old-one”" in response.content.decode()

@@ -53,8 +53,10 @@ def test_anonymous_user_is_sent_to_login(client, owner, method, url_name):
 
 
 def test_create_shows_the_token_once_and_stores_only_its_hash(owner_client, owner):
-    response = owner_client.post(KEYS_URL, {"name": "batch job", "days": "30"})
+    response = owner_client.post(KEYS_URL, {"name": "batch job", "days": "30"}, follow=True)
 
+    # Post/redirect/get: reloading the page that shows the secret creates nothing.
+    assert response.redirect_chain == [(KEYS_URL, 302)]
     assert response.status_code == 200
     secret = SECRET_RE.search(response.content.decode()).group(1)
     text = page_text(response)
@@ -115,7 +117,7 @@ def test_create_with_bad_input_answers_400_naming_the_field_and_stores_nothing(o
 
 
 def test_names_of_64_characters_and_365_days_are_accepted(owner_client):
-    response = owner_client.post(KEYS_URL, {"name": "n" * 64, "days": "365"})
+    response = owner_client.post(KEYS_URL, {"name": "n" * 64, "days": "365"}, follow=True)
 
     assert response.status_code == 200
     assert AccessToken.objects.get().name == "n" * 64
@@ -205,3 +207,28 @@ def test_wrong_method_is_405(owner_client, owner, method, url_name):
     assert response.status_code == 405
     token.refresh_from_db()
     assert token.revoked_at is None
+
+
+def test_reloading_the_page_after_a_create_neither_creates_another_nor_shows_the_secret(owner_client):
+    shown = owner_client.post(KEYS_URL, {"name": "once", "days": "30"}, follow=True)
+    secret = SECRET_RE.search(shown.content.decode()).group(1)
+
+    reloaded = owner_client.get(KEYS_URL)
+
+    assert AccessToken.objects.count() == 1
+    assert secret not in reloaded.content.decode()
+    assert "new-token-secret" not in reloaded.content.decode()
+
+
+def test_a_new_tokens_cookie_shows_nothing_to_another_user(owner_client, other_user):
+    from django.test import Client
+
+    owner_client.post(KEYS_URL, {"name": "mine", "days": "30"})
+    cookie = owner_client.cookies["rts_new_token"].value
+    other = Client()
+    other.force_login(other_user)
+    other.cookies["rts_new_token"] = cookie
+
+    page = other.get(KEYS_URL).content.decode()
+
+    assert "new-token-secret" not in page
