@@ -26,3 +26,34 @@ document.addEventListener("click", function (event) {
     try { if (document.execCommand("copy")) done(); } catch (error) { /* the text stays selected */ }
   }
 });
+
+// Confirmations: <form data-confirm="What will happen…" data-confirm-action="Stop">
+// asks once, in the page, before it is sent. A second click while the question
+// is open does nothing; the answer is remembered only for that one submit.
+document.addEventListener("submit", function (event) {
+  const form = event.target.closest("form[data-confirm]");
+  if (!form || form.dataset.confirmed === "yes") return;
+  event.preventDefault();
+  let dialog = document.getElementById("confirm-dialog");
+  if (!dialog) {
+    dialog = document.createElement("dialog");
+    dialog.id = "confirm-dialog";
+    dialog.className = "confirm-dialog";
+    dialog.innerHTML = '<form method="dialog"><p class="confirm-text"></p>' +
+      '<div class="confirm-buttons"><button value="cancel" class="button">Cancel</button>' +
+      '<button value="ok" class="button confirm-ok"></button></div></form>';
+    document.body.appendChild(dialog);
+  }
+  if (dialog.open) return;
+  dialog.querySelector(".confirm-text").textContent = form.dataset.confirm;
+  const ok = dialog.querySelector(".confirm-ok");
+  ok.textContent = form.dataset.confirmAction || "OK";
+  ok.classList.toggle("danger", form.dataset.confirmDanger === "yes");
+  dialog.onclose = function () {
+    if (dialog.returnValue !== "ok") return;
+    form.dataset.confirmed = "yes";
+    form.requestSubmit();
+    delete form.dataset.confirmed;
+  };
+  dialog.showModal();
+});

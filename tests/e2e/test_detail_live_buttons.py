@@ -32,6 +32,12 @@ def test_the_buttons_follow_the_status_without_a_reload(
     assert page.evaluate("window.__sameDocument === true")  # no reload happened
 
     page.click("#head-actions button:has-text('Stop')")
+    # One question, in the page, saying what Stop does; nothing is sent before the answer.
+    dialog = page.locator("#confirm-dialog")
+    assert "Its containers are stopped" in dialog.inner_text()
+    assert head_buttons(page) == ["Stop", "Delete"]
+    with page.expect_navigation():
+        dialog.locator("button.confirm-ok").click()
     page.wait_for_load_state()
     page.evaluate("window.__sameDocument = true")
     page.wait_for_function("document.querySelector('#head-actions').innerText.includes('Start')", timeout=60_000)
@@ -58,3 +64,27 @@ def test_the_deploy_form_chooses_no_version_unless_a_versions_deploy_link_did(li
     page.wait_for_load_state()
     assert page.input_value("#id_app_version") == str(second.id)
     assert str(first.id) != str(second.id)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_delete_asks_once_in_the_page_and_cancel_keeps_the_service(
+    live_server, page, owner, pool, flavors, demo_version
+):
+    from services.choices import ServiceStatus
+    from services.models import Service
+    from tests.factories import make_service
+
+    service = make_service(owner, pool, version=demo_version, name="keep-me", status=ServiceStatus.RUNNING)
+    log_in(page, live_server)
+    page.goto(f"{live_server.url}/services/{service.id}/")
+
+    page.click("#head-actions button:has-text('Delete')")
+    # A second click while the question is open (a double click) asks nothing more.
+    page.evaluate("document.querySelector('#head-actions form[data-confirm-danger] button').click()")
+    dialogs = page.locator("dialog#confirm-dialog[open]")
+    assert dialogs.count() == 1
+    assert "cannot be undone" in dialogs.inner_text()
+    dialogs.locator("button[value=cancel]").click()
+
+    assert page.locator("dialog#confirm-dialog[open]").count() == 0
+    assert Service.objects.get(id=service.id).status == ServiceStatus.RUNNING
