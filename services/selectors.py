@@ -7,13 +7,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from django.db import connection
-from django.db.models import Count, Prefetch, Q, QuerySet, Sum
+from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
-from services.choices import TRANSITIONAL_STATUSES, VersionStatus
+from services.choices import TRANSITIONAL_STATUSES, ServiceStatus, VersionStatus
 from services.contract import LATENCY_BUCKET_COUNT, percentile_ms
 from services.models import (
     AIApplication,
@@ -29,14 +31,25 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
 
+def _instance_count(condition: Q) -> QuerySet[Any, Any]:
+    return (
+        Instance.objects.filter(condition, service=OuterRef("pk"))
+        .order_by()
+        .values("service")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+
+
 def service_list_for(user: User) -> QuerySet[Service]:
     """The user's services with what the list shows, in a fixed number of queries."""
     return (
         Service.objects.filter(owner=user)
         .select_related("pool")
+        # Counted per row by subqueries, so a page of 10 counts 10 services' instances, not all.
         .annotate(
-            instance_total=Count("instances", distinct=True),
-            instance_ready=Count("instances", filter=Q(instances__is_healthy=True), distinct=True),
+            instance_total=Coalesce(Subquery(_instance_count(Q())), 0),
+            instance_ready=Coalesce(Subquery(_instance_count(Q(is_healthy=True))), 0),
         )
         .prefetch_related(
             Prefetch(
@@ -46,6 +59,135 @@ def service_list_for(user: User) -> QuerySet[Service]:
         )
         .order_by("-created_at")
     )
+
+
+# The list's sort keys, as the URL says them, and what they order by.
+SERVICE_SORTS = {
+    "name": ("name",),
+    "-name": ("-name",),
+    "status": ("status", "name"),
+    "-status": ("-status", "name"),
+    "created": ("created_at", "id"),
+    "-created": ("-created_at", "-id"),
+}
+SERVICE_PAGE_SIZES = (10, 20, 50)
+
+
+@dataclass(frozen=True)
+class ServiceListQuery:
+    """What the list shows, as its URL says it. Any value that makes no sense
+    falls back to its default: a hand-edited URL never breaks the page."""
+
+    q: str = ""
+    status: str = ""
+    app: str = ""
+    sort: str = "-created"
+    page: int = 1
+    size: int = SERVICE_PAGE_SIZES[0]
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> ServiceListQuery:
+        status = params.get("status", "")
+        app = params.get("app", "")
+        sort = params.get("sort", "-created")
+        size = params.get("size", "")
+        page = params.get("page", "")
+        return cls(
+            q=params.get("q", "").strip()[:64],
+            status=status if status in ServiceStatus.values else "",
+            app=app if app.isdigit() else "",
+            sort=sort if sort in SERVICE_SORTS else "-created",
+            page=int(page) if page.isdigit() and 0 < int(page) < 100_000 else 1,
+            size=int(size) if size.isdigit() and int(size) in SERVICE_PAGE_SIZES else SERVICE_PAGE_SIZES[0],
+        )
+
+    def url_params(self, **changes: Any) -> str:
+        """This query with some values changed, as a query string of the non-default values."""
+        values = {**self.__dict__, **changes}
+        defaults = ServiceListQuery().__dict__
+        return urlencode({key: value for key, value in values.items() if value != defaults[key]})
+
+
+@dataclass
+class ServicePage:
+    services: list[Service]
+    total: int
+    page: int
+    pages: int
+    # Services by status, all of the user's (not only the filtered ones).
+    status_counts: dict[str, int]
+    query: ServiceListQuery
+
+    @property
+    def has_transitional(self) -> bool:
+        return service_list_has_transitional(self.services)
+
+    def url(self, **changes: Any) -> str:
+        """A link to this list with some values changed (back to page 1 unless a page is given)."""
+        changes.setdefault("page", 1)
+        params = self.query.url_params(**changes)
+        return f"?{params}" if params else "?"
+
+    @property
+    def sort_links(self) -> dict[str, tuple[str, str]]:
+        """Per sortable column: (its link, "up", "down" or "" for how it sorts now)."""
+        links: dict[str, tuple[str, str]] = {}
+        for key in ("name", "status", "created"):
+            if self.query.sort == key:
+                links[key] = (self.url(sort=f"-{key}"), "up")
+            elif self.query.sort == f"-{key}":
+                links[key] = (self.url(sort=key), "down")
+            else:
+                links[key] = (self.url(sort=key), "")
+        return links
+
+    @property
+    def status_links(self) -> list[tuple[ServiceStatus, int, str]]:
+        """(status, how many of the user's services have it, a link filtering by it), for those that occur."""
+        return [
+            (status, self.status_counts[status.value], self.url(status=status.value))
+            for status in ServiceStatus
+            if self.status_counts.get(status.value)
+        ]
+
+    @property
+    def previous_url(self) -> str:
+        return self.url(page=self.page - 1) if self.page > 1 else ""
+
+    @property
+    def next_url(self) -> str:
+        return self.url(page=self.page + 1) if self.page < self.pages else ""
+
+    @property
+    def poll_url(self) -> str:
+        params = self.query.url_params(page=self.page)
+        return f"?{params}" if params else ""
+
+
+def service_page_for(user: User, query: ServiceListQuery) -> ServicePage:
+    """One page of the user's services, searched, filtered and sorted as asked,
+    in a fixed number of queries whatever the number of services."""
+    services = service_list_for(user)
+    if query.q:
+        services = services.filter(name__icontains=query.q)
+    if query.status:
+        services = services.filter(status=query.status)
+    if query.app:
+        using_app = ServiceVersionConfig.objects.filter(app_version__application_id=int(query.app))
+        services = services.filter(id__in=using_app.values("service_id"))
+    total = services.count()
+    pages = max(1, -(-total // query.size))
+    page = min(query.page, pages)
+    offset = (page - 1) * query.size
+    rows = list(services.order_by(*SERVICE_SORTS[query.sort])[offset : offset + query.size])
+    counts = dict(
+        Service.objects.filter(owner=user)
+        .order_by()
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .values_list("status", "n")
+    )
+    return ServicePage(rows, total, page, pages, counts, query)
 
 
 def service_list_has_transitional(services: Iterable[Service]) -> bool:
@@ -73,6 +215,11 @@ def service_detail_for(user: User, service_id: uuid.UUID | str) -> Service:
         Prefetch("events", queryset=ServiceEvent.objects.order_by("-created_at", "-id")[:200], to_attr="event_rows"),
     )
     return get_object_or_404(services, id=service_id)
+
+
+def ai_application_names_for(user: User) -> QuerySet[AIApplication]:
+    """The user's applications by name, for a filter's choices."""
+    return AIApplication.objects.filter(owner=user).only("id", "name").order_by("name")
 
 
 def ai_application_list_for(user: User) -> QuerySet[AIApplication]:

@@ -21,6 +21,7 @@ from console.http import ConsoleRequest
 from pools.selectors import flavor_options_for_pool, pool_list_for
 from services import actions, logs, prediction, selectors
 from services.charts import calls_bar_chart
+from services.choices import ServiceStatus
 from services.forms import deploy_data_from_post, deploy_form_context, version_data_from_post
 from services.models import Service
 from services.validation import RequestInvalid, parse_deploy_request, parse_version_request
@@ -29,13 +30,20 @@ from services.validation import RequestInvalid, parse_deploy_request, parse_vers
 @login_required
 @require_GET
 def service_list(request: ConsoleRequest) -> HttpResponse:
-    services = list(selectors.service_list_for(request.user))
-    context = {
-        "services": services,
-        "is_polling": selectors.service_list_has_transitional(services),
+    query = selectors.ServiceListQuery.from_params(request.GET)
+    page = selectors.service_page_for(request.user, query)
+    context: dict[str, Any] = {
+        "services": page.services,
+        "page": page,
+        "query": query,
+        "is_polling": page.has_transitional,
+        "statuses": ServiceStatus,
+        "page_sizes": selectors.SERVICE_PAGE_SIZES,
     }
-    template = "services/service_list.html#rows" if request.htmx else "services/service_list.html"
-    return render(request, template, context)
+    if request.htmx:
+        return render(request, "services/service_list.html#rows", context)
+    context["applications"] = selectors.ai_application_names_for(request.user)
+    return render(request, "services/service_list.html", context)
 
 
 @login_required

@@ -3,6 +3,7 @@
 counts of the list and its polling request."""
 
 import html
+import re
 import uuid
 
 import pytest
@@ -256,7 +257,7 @@ def test_list_polls_while_a_service_is_in_transition(owner_client, owner, pool, 
 
     content = response.content.decode()
     assert f'hx-get="{reverse("services:list")}"' in content
-    assert 'hx-trigger="every 1s"' in content
+    assert 'hx-trigger="every 1s [!document.hidden]"' in content  # and not while the tab is hidden
 
 
 def test_list_stops_polling_once_nothing_is_in_transition(owner_client, owner, pool, flavors, demo_version):
@@ -285,7 +286,7 @@ def test_list_polling_request_returns_only_the_rows(owner_client, owner, pool, f
     assert content.lstrip().startswith('<div id="service-rows"')
     assert "<html" not in content and "<h1>" not in content
     assert "svc-one" in content
-    assert 'hx-trigger="every 1s"' in content
+    assert 'hx-trigger="every 1s [!document.hidden]"' in content
 
 
 def _services(owner, pool, flavors, demo_version, count: int) -> None:
@@ -299,33 +300,83 @@ def _services(owner, pool, flavors, demo_version, count: int) -> None:
         )
 
 
-# session, user, the annotated services, their configurations (with version,
-# application and flavor): the same for any number of services.
-LIST_QUERIES = 4
+# session, user, how many match, the page of annotated services, their
+# configurations (with version, application and flavor), the counts by status;
+# the page adds the applications of the filter. The same for any number of services.
+POLL_QUERIES = 6
+LIST_QUERIES = POLL_QUERIES + 1
 
 
-@pytest.mark.parametrize("count", [1, 5])
+@pytest.mark.parametrize("count", [1, 5, 60])
 def test_list_query_count_does_not_grow_with_services(
     owner_client, owner, pool, flavors, demo_version, django_assert_num_queries, count
 ):
     _services(owner, pool, flavors, demo_version, count)
 
     with django_assert_num_queries(LIST_QUERIES):
-        response = owner_client.get(reverse("services:list"))
+        response = owner_client.get(reverse("services:list") + "?size=50")
 
-    assert page_text(response).count('data-status="deploying"') == count
+    assert page_text(response).count('data-status="deploying"') == min(count, 50)
 
 
-@pytest.mark.parametrize("count", [1, 5])
+@pytest.mark.parametrize("count", [1, 5, 60])
 def test_list_polling_query_count_does_not_grow_with_services(
     owner_client, owner, pool, flavors, demo_version, django_assert_num_queries, count
 ):
     _services(owner, pool, flavors, demo_version, count)
 
-    with django_assert_num_queries(LIST_QUERIES):
+    with django_assert_num_queries(POLL_QUERIES):
         response = owner_client.get(reverse("services:list"), HTTP_HX_REQUEST="true")
 
-    assert page_text(response).count('data-status="deploying"') == count
+    # The poll brings the page on screen (10 by default), not every service.
+    assert page_text(response).count('data-status="deploying"') == min(count, 10)
+
+
+def test_the_list_pages_searches_filters_and_sorts_and_keeps_it_in_the_url(
+    owner_client, owner, pool, flavors, demo_version
+):
+    other_app = make_version(owner, application_name="other-app")
+    for n in range(12):
+        make_service(
+            owner,
+            pool,
+            version=demo_version,
+            flavor=flavors["small"],
+            name=f"alpha-{n:02d}",
+            status=ServiceStatus.RUNNING,
+        )
+    make_service(owner, pool, version=other_app, flavor=flavors["small"], name="beta", status=ServiceStatus.FAILED)
+
+    def names(params: str) -> list[str]:
+        text = owner_client.get(reverse("services:list") + params).content.decode()
+        return re.findall(r'<a href="/services/[0-9a-f-]+/">([^<]+)</a>', text)
+
+    first = names("?sort=name")
+    assert first == [
+        "alpha-00",
+        "alpha-01",
+        "alpha-02",
+        "alpha-03",
+        "alpha-04",
+        "alpha-05",
+        "alpha-06",
+        "alpha-07",
+        "alpha-08",
+        "alpha-09",
+    ]
+    assert names("?sort=name&page=2") == ["alpha-10", "alpha-11", "beta"]
+    assert names("?sort=-name&size=20")[:2] == ["beta", "alpha-11"]
+    assert names("?q=BET") == ["beta"]
+    assert names("?status=failed") == ["beta"]
+    assert names(f"?app={other_app.application_id}") == ["beta"]
+    assert names("?q=nothing-like-it") == []
+    # Nonsense in the URL falls back to the defaults instead of breaking the page.
+    assert len(names("?page=999&size=7&sort=bogus&status=nope&app=x")) == 3  # the last page of 10
+
+    page = owner_client.get(reverse("services:list") + "?sort=name").content.decode()
+    assert 'href="?sort=name&amp;page=2" rel="next"' in page
+    assert "Page 1 of 2 · 13 services" in page
+    assert 'class="count count-running">Running 12</a>' in page
 
 
 # --- The detail page ------------------------------------------------------------------

@@ -1,0 +1,119 @@
+"""The service list at scale: server time of the list page and of its poll.
+
+Seeds one user with N services (default 1,000; a quarter of them Deploying, so
+the list polls) in the console's database, renders the page and the poll
+fragment through Django's test client a number of times, prints the medians,
+the response sizes and the query counts, and removes what it seeded.
+
+    .venv/bin/python bench/service_list.py [--services 1000] [--rounds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.db import connection  # noqa: E402
+from django.test import Client  # noqa: E402
+from django.test.utils import CaptureQueriesContext  # noqa: E402
+
+from pools.models import Flavor, Node, ResourcePool  # noqa: E402
+from services.choices import InstanceState, ServiceStatus, VersionStatus  # noqa: E402
+from services.models import AIApplication, AIApplicationVersion, Instance, Service, ServiceVersionConfig  # noqa: E402
+
+
+def seed(count: int):
+    user = get_user_model().objects.create_user(
+        username=f"bench-list-{uuid.uuid4().hex[:8]}", password=uuid.uuid4().hex
+    )
+    pool, _ = ResourcePool.objects.get_or_create(name="bench-list-pool", defaults={"is_public": False, "owner": user})
+    node = Node.objects.filter(pool=pool).first() or Node.objects.create(
+        pool=pool,
+        name="bench-list-node",
+        docker_host="unix:///nonexistent.sock",
+        cpu_count=2,
+        memory_mib=4096,
+        is_enabled=False,
+    )
+    flavor = Flavor.objects.order_by("id").first()
+    app = AIApplication.objects.create(owner=user, name="bench-app")
+    version = AIApplicationVersion.objects.create(
+        application=app, version="1.0.0", image="x:1", status=VersionStatus.NORMAL
+    )
+    statuses = [ServiceStatus.DEPLOYING if n % 4 == 0 else ServiceStatus.RUNNING for n in range(count)]
+    services = Service.objects.bulk_create(
+        Service(owner=user, name=f"svc-{n:05d}", pool=pool, status=status) for n, status in enumerate(statuses)
+    )
+    configs = ServiceVersionConfig.objects.bulk_create(
+        ServiceVersionConfig(service=service, app_version=version, flavor=flavor) for service in services
+    )
+    Instance.objects.bulk_create(
+        Instance(
+            service=s,
+            config=c,
+            index=0,
+            node=node,
+            container_name=f"bench-{s.id}",
+            state=InstanceState.RUNNING,
+            is_healthy=True,
+        )
+        for s, c in zip(services, configs, strict=True)
+    )
+    return user, pool
+
+
+def timed(client: Client, path: str, rounds: int, **headers: str) -> tuple[float, int, int]:
+    seconds = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        response = client.get(path, **headers)
+        seconds.append(time.perf_counter() - started)
+        assert response.status_code == 200
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(path, **headers)
+    return statistics.median(seconds), len(response.content), len(queries)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+    settings.ALLOWED_HOSTS = ["testserver", *settings.ALLOWED_HOSTS]
+    user, pool = seed(args.services)
+    try:
+        client = Client()
+        client.force_login(user)
+        for label, path, headers in (
+            ("list page", "/", {}),
+            ("poll fragment", "/", {"HTTP_HX_REQUEST": "true"}),
+            ("list page, 50 a page", "/?size=50", {}),
+        ):
+            median, size, queries = timed(client, path, args.rounds, **headers)
+            print(
+                f"{label:22s} {args.services} services: median {median * 1000:6.1f} ms, {size / 1024:6.1f} KiB, {queries} queries"
+            )
+    finally:
+        Service.objects.filter(owner=user).delete()
+        Node.objects.filter(pool=pool).delete()
+        pool.delete()
+        user.delete()
+
+
+if __name__ == "__main__":
+    main()
