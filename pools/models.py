@@ -1,4 +1,7 @@
+from decimal import Decimal
+
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 
 
@@ -61,8 +64,16 @@ class Flavor(models.Model):
 
     code = models.CharField(max_length=64, unique=True, help_text="e.g. cpu.1u1g")
     display_name = models.CharField(max_length=100)
-    cpus = models.DecimalField(max_digits=5, decimal_places=2)
-    memory_mib = models.PositiveIntegerField()
+    # The validators put the rule under the field in forms (the admin's too);
+    # the constraints below hold it in the database.
+    cpus = models.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        validators=[MinValueValidator(Decimal("0.01"), "A flavor needs more than 0 vCPUs.")],
+    )
+    memory_mib = models.PositiveIntegerField(
+        validators=[MinValueValidator(16, "A flavor needs at least 16 MiB of memory.")]
+    )
     gpus = models.PositiveIntegerField(default=0)
     is_free = models.BooleanField(default=False)
     sort_order = models.PositiveIntegerField(default=0)
