@@ -58,12 +58,17 @@ def service_deploy(request: ConsoleRequest) -> HttpResponse:
         except RequestInvalid as exc:
             errors = exc.errors
         else:
-            messages.success(request, f"Service {service.name} is deploying.")
+            messages.success(request, f"Service {service.name} is deploying.", extra_tags=TRANSIENT)
             return redirect("services:list")
     else:
         data = None
     context = deploy_form_context(request.user, data, errors, version_id=request.GET.get("version", ""))
     return render(request, "services/service_deploy.html", context, status=400 if errors else 200)
+
+
+# A banner announcing a state that passes ("is deploying"): static/console.js
+# removes it once the page's polling stops, i.e. once nothing is in transition.
+TRANSIENT = "transient"
 
 
 @login_required
@@ -256,7 +261,7 @@ def _lifecycle(request: ConsoleRequest, service_id: uuid.UUID, action: Callable[
     except actions.ActionRefused as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, done.format(name=service.name))
+        messages.success(request, done.format(name=service.name), extra_tags=TRANSIENT)
     next_url = request.POST.get("next", "")
     if next_url == "detail" and action is not actions.service_delete:
         return redirect("services:detail", service_id=service.id)
@@ -304,7 +309,7 @@ def application_register(request: ConsoleRequest) -> HttpResponse:
         except RequestInvalid as exc:
             errors = exc.errors
         else:
-            messages.success(request, f"Registered {version}; checking its image on the engines.")
+            messages.success(request, f"Registered {version}; checking its image on the engines.", extra_tags=TRANSIENT)
             return redirect("services:applications")
     else:
         data = {
@@ -322,7 +327,7 @@ def application_register(request: ConsoleRequest) -> HttpResponse:
 def application_version_recheck(request: ConsoleRequest, version_id: int) -> HttpResponse:
     version = selectors.ai_version_get_for(request.user, version_id)
     actions.ai_application_version_recheck(version=version)
-    messages.success(request, f"Checking the image of {version} again.")
+    messages.success(request, f"Checking the image of {version} again.", extra_tags=TRANSIENT)
     return redirect("services:applications")
 
 
