@@ -66,7 +66,9 @@ def access_keys(request: ConsoleRequest) -> HttpResponse:
     new_token = _new_token_shown(request)
     tokens = list(selectors.access_token_list_for(request.user))
     context = {
-        "tokens": tokens,
+        "live_tokens": [token for token in tokens if token.status == "active"],
+        "dead_tokens": [token for token in tokens if token.status != "active"],
+        "keep_days": settings.ACCESS_TOKEN_KEEP_DAYS,
         "data": data,
         "errors": errors,
         "new_token": new_token,

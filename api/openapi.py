@@ -69,7 +69,11 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "username": {"type": "string"},
                 "password": {"type": "string", "format": "password"},
-                "name": {"type": "string", "maxLength": 64, "default": "api"},
+                "name": {
+                    "type": "string",
+                    "maxLength": 64,
+                    "description": "Defaults to 'API: ' and the client's User-Agent product, e.g. 'API: curl/8.5.0'.",
+                },
                 "expires_in_days": {
                     "type": "integer",
                     "minimum": 1,

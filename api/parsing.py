@@ -130,9 +130,10 @@ def version_data_from_api(body: Mapping[str, Any]) -> dict[str, Any]:
 TOKEN_FIELDS = {"name": "name", "days": "expires_in_days"}
 
 
-def token_request_from_api(body: Mapping[str, Any]) -> tuple[str, str, TokenRequest]:
+def token_request_from_api(body: Mapping[str, Any], *, client: str = "") -> tuple[str, str, TokenRequest]:
     """(username, password, the token's name and lifetime) of a token request,
-    or ApiError 400. Name and lifetime follow the Access keys page's rules."""
+    or ApiError 400. Name and lifetime follow the Access keys page's rules; a
+    request without a name gets one after its client (its User-Agent)."""
     errors: dict[str, list[str]] = {}
     username = body.get("username")
     password = body.get("password")
@@ -143,7 +144,7 @@ def token_request_from_api(body: Mapping[str, Any]) -> tuple[str, str, TokenRequ
     name = body.get("name")
     days = body.get("expires_in_days")
     data = {
-        "name": "api" if name in (None, "") else str(name),
+        "name": default_token_name(client) if name in (None, "") else str(name),
         "days": settings.ACCESS_TOKEN_DEFAULT_DAYS if days in (None, "") else days,
     }
     token_request = None
@@ -156,3 +157,9 @@ def token_request_from_api(body: Mapping[str, Any]) -> tuple[str, str, TokenRequ
     # Without errors, all three are set.
     assert isinstance(username, str) and isinstance(password, str) and token_request is not None
     return username, password, token_request
+
+
+def default_token_name(user_agent: str) -> str:
+    """ "API: curl/8.5.0" from a User-Agent's first product, or "API" without one."""
+    product = re.sub(r"[^A-Za-z0-9._/+-]", "", (user_agent or "").split(" ", 1)[0])[:40]
+    return f"API: {product}" if product else "API"

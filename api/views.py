@@ -45,7 +45,8 @@ def _refused(exc: actions.ActionRefused) -> ApiError:
 
 @api_view(["POST"], authenticated=False)
 def auth_tokens(request: HttpRequest) -> HttpResponse:
-    username, password, token_request = token_request_from_api(json_body(request))
+    client = request.headers.get("User-Agent", "")
+    username, password, token_request = token_request_from_api(json_body(request), client=client)
     user = authenticate(request, username=username, password=password)
     if user is None:
         return error_response(401, ErrorCode.LOGIN_FAILED, "The username or password is incorrect.")

@@ -138,7 +138,10 @@ def test_list_shows_only_the_users_api_tokens_with_their_status(owner_client, ow
 
     text = page_text(response)
     rows = re.findall(r'<tr id="token-(\d+)" data-status="(\w+)">', text)
-    assert rows == [(str(revoked.id), "revoked"), (str(expired.id), "expired"), (str(active.id), "active")]
+    # Live tokens first; the revoked and expired ones folded away below them.
+    assert rows == [(str(active.id), "active"), (str(revoked.id), "revoked"), (str(expired.id), "expired")]
+    dead = text.split('<details class="dead-tokens" id="dead-tokens">', 1)[1]
+    assert "Revoked and expired (2)" in dead and f'id="token-{active.id}"' not in dead
     assert "theirs" not in text and "console" not in text.split('id="token-rows"', 1)[1]
     assert timezone.localtime(used_at).strftime("%Y-%m-%d %H:%M") in text
     # Only an active token can be revoked.

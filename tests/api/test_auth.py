@@ -5,6 +5,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from access.actions import access_token_create, access_token_revoke
@@ -127,7 +128,8 @@ def test_create_token_with_the_right_password_returns_a_working_token(owner):
     assert response["X-Subject-Token"] == body["token"]
     assert response["Cache-Control"] == "no-store"
     stored = AccessToken.objects.get()
-    assert (stored.owner, stored.kind, stored.name) == (owner, AccessToken.Kind.API, "api")
+    # Named after the client when the request names it not (Django's test client sends no User-Agent).
+    assert (stored.owner, stored.kind, stored.name) == (owner, AccessToken.Kind.API, "API")
     assert stored.token_hash == secret_hash(body["token"])
     assert body["token"] not in (stored.token_hash, stored.prefix)
     assert body["expires_at"] == stored.expires_at.isoformat()
@@ -246,3 +248,14 @@ def test_a_wrong_method_is_405_naming_the_allowed_ones(api, method, path, allow)
 @pytest.mark.parametrize("path", ["/nothing", "/models/1/extra", "/services/", "/"])
 def test_an_unknown_path_is_a_json_404(api, path):
     assert_error(api.get(path), 404, "RTS.4040")
+
+
+def test_a_token_without_a_name_is_named_after_its_client(owner):
+    response = Client().post(
+        "/api/v1/auth/tokens",
+        '{"username": "owner", "password": "owner-pass-123"}',
+        content_type="application/json",
+        HTTP_USER_AGENT="curl/8.5.0 (x86_64-pc-linux-gnu)",
+    )
+    assert response.status_code == 201
+    assert AccessToken.objects.get().name == "API: curl/8.5.0"
