@@ -313,9 +313,8 @@ def _containers_start(service: Service, instances: list[Instance]) -> list[runti
     def start(instance: Instance) -> runtime.ContainerInfo:
         return runtime.ensure_container_running(instance.node.docker_host, container_spec(service, instance))
 
-    network = service_network_spec(service.id)
-    for docker_host in sorted({instance.node.docker_host for instance in instances}):
-        runtime.ensure_network(docker_host, network)
+    # Each start creates the service's network when it is missing; runtime
+    # tolerates two starts racing to create it.
     return in_parallel(start, instances)
 
 
@@ -500,6 +499,20 @@ def _deploy(service_id: uuid.UUID | str, token: uuid.UUID) -> str:
 PROBE_LOCK_KEY = 0x525450  # one prober at a time across all workers
 
 
+@contextmanager
+def advisory_lock(key: int) -> Iterator[bool]:
+    """A PostgreSQL session advisory lock, if free: yields whether this call holds it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        is_held = bool(cursor.fetchone()[0])
+    try:
+        yield is_held
+    finally:
+        if is_held:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+
+
 def deploys_probe() -> dict[str, str] | None:
     """One round of the periodic prober: probe every instance of every deploy
     waiting for its health checks, all at once; a service whose instances all
@@ -507,15 +520,8 @@ def deploys_probe() -> dict[str, str] | None:
     turns Failed with the reason and the last log lines. Safe to repeat and to
     run on several workers (one at a time runs; each service is claimed with a
     lease). Returns None when another round is running, else the outcome per service."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [PROBE_LOCK_KEY])
-        if not cursor.fetchone()[0]:
-            return None
-    try:
-        return _deploys_probe_round()
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [PROBE_LOCK_KEY])
+    with advisory_lock(PROBE_LOCK_KEY) as is_held:
+        return _deploys_probe_round() if is_held else None
 
 
 def _deploys_probe_round() -> dict[str, str]:

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
@@ -27,6 +26,7 @@ from pools.models import Node
 from services import runtime
 from services.choices import SUPERVISED_STATUSES, TRANSITIONAL_STATUSES, InstanceState, ServiceStatus, VersionStatus
 from services.lifecycle import (
+    advisory_lock,
     ai_application_version_check_image,
     container_spec,
     in_parallel,
@@ -91,15 +91,8 @@ def nodes_refresh() -> None:
 
 def reconcile() -> ReconcileReport | None:
     """One cycle; returns None when another cycle is already running."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [RECONCILE_LOCK_KEY])
-        if not cursor.fetchone()[0]:
-            return None
-    try:
-        return _reconcile_once()
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [RECONCILE_LOCK_KEY])
+    with advisory_lock(RECONCILE_LOCK_KEY) as is_held:
+        return _reconcile_once() if is_held else None
 
 
 def _reconcile_once() -> ReconcileReport:

@@ -280,14 +280,6 @@ def _ensure_network(api: docker.APIClient, network: NetworkSpec) -> None:
             raise
 
 
-def ensure_network(docker_host: str, network: NetworkSpec) -> None:
-    """Create a service's network on an engine unless it exists. Safe to repeat and to race."""
-    try:
-        _ensure_network(_client(docker_host).api, network)
-    except (DockerException, RequestsConnectionError, ReadTimeout) as exc:
-        raise _engine_error(docker_host, exc) from exc
-
-
 def list_managed_networks(docker_host: str, console_id: str) -> list[str]:
     """Names of this console's service networks on one engine."""
     try:
