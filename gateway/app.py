@@ -65,6 +65,9 @@ BUFFERED_RESPONSE_BYTES = 256 * 1024
 # An instance that refused a connection is skipped for this long, unless a
 # reload of the table lists it under a new port first.
 SUSPECT_SECONDS = 2.0
+# The first wait before a call that every instance refused goes round again;
+# each further wait is twice as long (GatewayConfig.connect_retry_seconds in all).
+CONNECT_RETRY_FIRST_DELAY_SECONDS = 0.05
 
 CONFIG = web.AppKey("config", GatewayConfig)
 TABLE = web.AppKey("table", TableHolder)
@@ -280,22 +283,38 @@ async def _proxy(
     stats: CallStats = app[STATS]
 
     version: VersionRoute | None = None
+    upstream: Upstream | None = None
     last_error = ""
+    retry_until = 0.0
+    retry_delay = CONNECT_RETRY_FIRST_DELAY_SECONDS
     # Only connection failures are retried (the call never reached a model),
     # on another instance, at most once per instance. Instances that refused a
     # connection a moment ago are tried last, not never: the table, not this
-    # process's hunch, says which instances are healthy.
+    # process's hunch, says which instances are healthy. When every instance
+    # refused, the call waits a moment and goes round again, for at most
+    # connect_retry_seconds.
     while True:
         exclude = tried | avoid if tried else avoid
         version = service.pick_version(rng, exclude)
         if version is None and avoid:
             avoid = set()
             continue
-        if version is None:
-            break
-        upstream = version.pick_upstream(exclude)
-        if upstream is None:
-            break
+        if version is not None:
+            upstream = version.pick_upstream(exclude)
+        if version is None or upstream is None:
+            if not last_error:
+                break
+            now = time.monotonic()
+            retry_until = retry_until or now + app[CONFIG].connect_retry_seconds
+            if now + retry_delay > retry_until:
+                break
+            await asyncio.sleep(retry_delay)
+            retry_delay *= 2
+            again = _callable_service(request)  # the table may have moved on meanwhile
+            if isinstance(again, web.Response):
+                return again
+            service, tried, avoid, last_error = again, set(), set(), ""
+            continue
         target = (raw_path[rest_at:] if rest_at != -1 else version.predict_path) + target_query
         try:
             answer = await pool.request(upstream, request.method, target, headers, body, timeout)

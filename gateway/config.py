@@ -38,6 +38,11 @@ class GatewayConfig:
     # Gateway processes sharing the port; 0 means one per core.
     processes: int
     call_timeout_seconds: float
+    # When every instance of a service refuses the connection (an engine
+    # restarting and reprogramming its port forwarding, an instance being
+    # replaced), the call waits and tries again for up to this long: it has
+    # reached no model, so trying again is safe for any method.
+    connect_retry_seconds: float
     max_body_bytes: int
     # All of a request's header lines together; more is a 431.
     max_header_bytes: int
@@ -55,6 +60,7 @@ class GatewayConfig:
             port=env_int("GATEWAY_PORT", 8001),
             processes=env_int("GATEWAY_PROCESSES", 0),
             call_timeout_seconds=env_float("GATEWAY_CALL_TIMEOUT_SECONDS", 60.0),
+            connect_retry_seconds=env_float("GATEWAY_CONNECT_RETRY_SECONDS", 1.0),
             max_body_bytes=env_int("GATEWAY_MAX_BODY_BYTES", 12 * 1024 * 1024),
             max_header_bytes=env_int("GATEWAY_MAX_HEADER_BYTES", 32 * 1024),
             full_reload_seconds=env_float("GATEWAY_FULL_RELOAD_SECONDS", 300.0),

@@ -15,6 +15,7 @@ label-filtered call per engine, then:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
@@ -42,6 +43,8 @@ RECONCILE_LOCK_KEY = 0x525453  # any constant; one reconcile at a time across al
 NODE_REFRESH_SECONDS = 30
 # A transitional service nobody has claimed for this long gets its task enqueued again.
 UNCLAIMED_GRACE_SECONDS = 5
+# How long after a failed health probe the reconcile loop probes once more.
+PROBE_RETRY_DELAY_SECONDS = 0.5
 RESTART_BACKOFF_MAX_SECONDS = 300
 
 
@@ -217,20 +220,36 @@ def _instance_converge(
 ) -> InstanceCheck:
     """Probe a running instance, or bring a missing or exited one back."""
     if listed is None:
-        return InstanceCheck(is_healthy=False)
+        # Its engine did not answer. The container may well be serving still
+        # (live restore keeps containers through an engine restart): whether
+        # it answers its health check is what counts.
+        return InstanceCheck(is_healthy=_instance_answers(instance))
     info = listed.get(instance.container_name)
     if info is not None and info.is_running:
         if info.host_port != instance.host_port:
             Instance.objects.filter(id=instance.id).update(host_port=info.host_port)
             instance.host_port = info.host_port
-        healthy = instance.host_port is not None and probe_health(
+        return InstanceCheck(is_healthy=_instance_answers(instance), state=InstanceState.RUNNING)
+    return _instance_restart(service, instance, info, report)
+
+
+def _instance_answers(instance: Instance) -> bool:
+    """Probe the instance's health path; a failed probe is tried once more a
+    moment later, so a blip (an engine reprogramming its port forwarding as it
+    restarts) does not take a serving instance out of the gateway."""
+    if instance.host_port is None:
+        return False
+    for attempt in range(2):
+        if attempt:
+            time.sleep(PROBE_RETRY_DELAY_SECONDS)
+        if probe_health(
             settings.INSTANCE_HOST,
             instance.host_port,
             instance.config.app_version.health_path,
             settings.HEALTH_PROBE_TIMEOUT_SECONDS,
-        )
-        return InstanceCheck(is_healthy=healthy, state=InstanceState.RUNNING)
-    return _instance_restart(service, instance, info, report)
+        ):
+            return True
+    return False
 
 
 def _instance_restart(

@@ -20,7 +20,8 @@ Environment
   STARTUP_DELAY_SECONDS   sleep this long before listening
   EXIT_AFTER_SECONDS      exit with code 3 this long after it starts listening
   CRASH_ON_START=1        print an error line and exit 1 at once
-SIGTERM and SIGINT end the process at once with code 0.
+  STOP_DELAY_SECONDS      on SIGTERM, stop accepting calls and exit only this long after
+SIGTERM and SIGINT end the process with code 0 (SIGTERM after STOP_DELAY_SECONDS).
 """
 
 import hashlib
@@ -355,6 +356,11 @@ class Server(ThreadingHTTPServer):
 
 def on_signal(signum, frame):
     log(f"model server {VERSION} received {signal.Signals(signum).name}, exiting")
+    delay = env_number("STOP_DELAY_SECONDS", 0) if signum == signal.SIGTERM else 0
+    if delay > 0:
+        # A model that drains slowly: the accept loop (this thread) stops here,
+        # calls already accepted finish on their own threads.
+        time.sleep(delay)
     os._exit(0)
 
 

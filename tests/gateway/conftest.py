@@ -21,7 +21,8 @@ def gateway_health(url: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def push_gateway(django_db_setup: None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    process, url = start_gateway(GATEWAY_FULL_RELOAD_SECONDS="3600")
+    # No waiting round for refused calls either: a 502 here is the push arriving.
+    process, url = start_gateway(GATEWAY_FULL_RELOAD_SECONDS="3600", GATEWAY_CONNECT_RETRY_SECONDS="0")
     yield process, url
     stop_gateway(process)
 

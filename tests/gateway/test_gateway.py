@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import urlsplit
 
 import pytest
@@ -359,6 +361,52 @@ def test_killed_container_answers_502_before_the_table_notices(strict_url, deplo
     # The database still calls the instance healthy: the table keeps it.
     reply = call(strict_url, f"/v1/infers/{deployed.id}", headers=token_headers(deployed.token), body=PREDICT_BODY)
     assert_gateway_error(reply, 502)
+
+
+def test_a_call_every_instance_refuses_waits_and_goes_round_again(gateway_url, deployed):
+    """For a moment every instance may refuse (an engine restarting reprograms
+    its port forwarding): the call reached no model, so the gateway waits and
+    tries again, for up to GATEWAY_CONNECT_RETRY_SECONDS (1 s by default)."""
+    wait_until_routed(gateway_url, deployed)
+    port = free_port()
+    Instance.objects.filter(service=deployed.service).update(host_port=port)
+    path = f"/v1/infers/{deployed.id}"
+    refused = poll(
+        lambda: call(gateway_url, path, headers=token_headers(deployed.token), body=PREDICT_BODY),
+        lambda r: r.status != 200,
+    )
+    assert_gateway_error(refused, 502)
+    assert refused.seconds >= 0.7  # it went round for most of the second before giving up
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b'{"answered": "late"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    servers: list[HTTPServer] = []
+
+    def listen() -> None:
+        servers.append(HTTPServer(("127.0.0.1", port), Answer))
+        servers[0].serve_forever()
+
+    threading.Timer(0.3, listen).start()
+    try:
+        reply = call(gateway_url, path, headers=token_headers(deployed.token), body=PREDICT_BODY)
+    finally:
+        eventually(lambda: servers, timeout=5)
+        servers[0].shutdown()
+        servers[0].server_close()
+    assert reply.status == 200, reply.body
+    assert reply.json() == {"answered": "late"}
+    assert reply.seconds >= 0.25
 
 
 # --- Pass-through ------------------------------------------------------------------------------

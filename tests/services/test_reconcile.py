@@ -181,6 +181,28 @@ def test_reconcile_marks_an_unreachable_engine_and_keeps_going(engine, owner, po
     assert Service.objects.get(id=service.id).status == ServiceStatus.RUNNING
 
 
+@pytest.mark.django_db
+def test_while_its_engine_does_not_answer_an_instance_that_answers_stays_in_service(
+    engine, docker_client, owner, pool, flavors
+):
+    """An engine restarting with live restore leaves its containers serving: the
+    loop cannot list them, but probes them, and only a silent one goes out."""
+    service = deployed_service(owner, make_version(owner))
+    Node.objects.filter(name="local").update(docker_host="unix:///tmp/nonexistent.sock")
+
+    report = reconcile()
+
+    assert report.unreachable_nodes == ["local"]
+    assert Service.objects.get(id=service.id).status == ServiceStatus.RUNNING
+    assert Instance.objects.get(service=service).is_healthy
+
+    containers_of(docker_client, service.id)[0].kill()
+    reconcile()
+
+    assert Service.objects.get(id=service.id).status == ServiceStatus.ABNORMAL
+    assert not Instance.objects.get(service=service).is_healthy
+
+
 def test_restart_backoff_doubles_up_to_five_minutes():
     assert [restart_backoff_seconds(streak) for streak in (0, 1, 2, 3, 8, 9, 30)] == [0, 2, 4, 8, 256, 300, 300]
 
