@@ -1,6 +1,7 @@
 # Real-Time Services console: developer entry points.
 #   make run    bootstrap everything, migrate, seed, then start web + workers + beat + gateway
-#   make test   bootstrap (with Chromium) and run the test suite
+#   make test   bootstrap (with Chromium) and run the test suite (the fault suite included)
+#   make faults the fault suite alone, with its table of figures
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -8,7 +9,7 @@ PY          := .venv/bin/python
 PORT        ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help run test bootstrap images status clean distclean lint
+.PHONY: help run test faults bootstrap images status clean distclean lint
 
 help: ## show this help
 	@echo "Real-Time Services console"
@@ -40,6 +41,10 @@ test: ## bootstrap (with Chromium) and run the tests; PYTEST_ARGS='-k foo' narro
 	scripts/bootstrap.sh test
 	$(PY) manage.py collectstatic --noinput -v0
 	.venv/bin/pytest $(PYTEST_ARGS)
+
+faults: ## the fault suite alone (it is part of make test too): breaks each part of the stack, prints the table
+	scripts/bootstrap.sh all
+	.venv/bin/pytest -m faults -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: ## syntax and type checks: shell scripts, Python byte-compile, ruff, mypy, Django system checks
 	bash -n scripts/bootstrap.sh

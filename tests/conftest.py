@@ -183,10 +183,12 @@ def docker_client(engine):
 
 
 def containers_of(client, service_id) -> list:
-    """Every container (running or not) carrying this service's label."""
+    """Every container (running or not) carrying this service's label. One
+    removed between the listing and its inspection is left out, not an error."""
     return client.containers.list(
         all=True,
         filters={"label": [f"{runtime.LABEL_CONSOLE}={settings.CONSOLE_ID}", f"{runtime.LABEL_SERVICE}={service_id}"]},
+        ignore_removed=True,
     )
 
 
