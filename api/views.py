@@ -152,7 +152,7 @@ def service(request: HttpRequest, service_id: str, *, user: User) -> HttpRespons
         return JsonResponse(_service_detail(user, service_id))
     if request.method == "DELETE":
         try:
-            actions.service_delete(service=_service_for(user, service_id))
+            actions.service_delete(service=_service_for(user, service_id), actor=user)
         except actions.ActionRefused as exc:
             raise _refused(exc) from None
         return HttpResponse(status=204)
@@ -169,7 +169,7 @@ def service(request: HttpRequest, service_id: str, *, user: User) -> HttpRespons
             {"status": ['Status must be "stopped" (to stop the service) or "running" (to start it).']},
         )
     try:
-        action(service=target)
+        action(service=target, actor=user)
     except actions.ActionRefused as exc:
         raise _refused(exc) from None
     return JsonResponse(_service_detail(user, service_id))

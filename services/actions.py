@@ -120,25 +120,31 @@ def _refuse(service: Service, action: str) -> NoReturn:
     raise ActionRefused(f"Cannot {action} {service.name} while it is {service.get_status_display()}.")
 
 
-def service_start(*, service: Service) -> None:
-    """Stopped or Failed → Deploying, and enqueue the deploy. A second call is refused."""
-    if not service_transition(service.id, to=ServiceStatus.DEPLOYING, event="Start requested; deployment queued"):
+def _requested(what: str, actor: User | None) -> str:
+    return f"{what} requested by {actor.get_username()}" if actor is not None else f"{what} requested"
+
+
+def service_start(*, service: Service, actor: User | None = None) -> None:
+    """Stopped or Failed → Deploying, and enqueue the deploy. A second call is
+    refused. The event names the actor (the owner, or an operator)."""
+    event = f"{_requested('Start', actor)}; deployment queued"
+    if not service_transition(service.id, to=ServiceStatus.DEPLOYING, event=event):
         service.refresh_from_db(fields=["status"])
         _refuse(service, "start")
     transaction.on_commit(lambda: tasks.service_deploy_task.delay(str(service.id)))
 
 
-def service_stop(*, service: Service) -> None:
+def service_stop(*, service: Service, actor: User | None = None) -> None:
     """Running, Alarm or Abnormal → Stopping, and enqueue the stop. A second call is refused."""
-    if not service_transition(service.id, to=ServiceStatus.STOPPING, event="Stop requested"):
+    if not service_transition(service.id, to=ServiceStatus.STOPPING, event=_requested("Stop", actor)):
         service.refresh_from_db(fields=["status"])
         _refuse(service, "stop")
     transaction.on_commit(lambda: tasks.service_stop_task.delay(str(service.id)))
 
 
-def service_delete(*, service: Service) -> None:
+def service_delete(*, service: Service, actor: User | None = None) -> None:
     """Any status but Deleting → Deleting, and enqueue the delete. A second call is refused."""
-    if not service_transition(service.id, to=ServiceStatus.DELETING, event="Delete requested"):
+    if not service_transition(service.id, to=ServiceStatus.DELETING, event=_requested("Delete", actor)):
         service.refresh_from_db(fields=["status"])
         _refuse(service, "delete")
     transaction.on_commit(lambda: tasks.service_delete_task.delay(str(service.id)))

@@ -94,6 +94,8 @@ class Service(models.Model):
     # returns (its Prefetch to_attr=...).
     instance_rows: list[Instance]
     event_rows: list[ServiceEvent]
+    # Set on the operators' list rows (services.selectors.service_page_for).
+    owner_list_url: str
 
     class Meta:
         ordering = ["-created_at"]

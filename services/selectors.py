@@ -9,12 +9,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
+from pools.models import Node
 from services.choices import TRANSITIONAL_STATUSES, ServiceStatus, VersionStatus
 from services.contract import LATENCY_BUCKET_COUNT, percentile_ms
 from services.models import (
@@ -41,11 +43,19 @@ def _instance_count(condition: Q) -> QuerySet[Any, Any]:
     )
 
 
-def service_list_for(user: User) -> QuerySet[Service]:
-    """The user's services with what the list shows, in a fixed number of queries."""
+def _services_visible_to(user: User, *, all_users: bool) -> QuerySet[Service]:
+    """The user's own services; with all_users, every user's services, for staff only."""
+    if all_users and user.is_staff:
+        return Service.objects.all()
+    return Service.objects.filter(owner=user)
+
+
+def service_list_for(user: User, *, all_users: bool = False) -> QuerySet[Service]:
+    """The user's services (every user's, for staff asking for all_users) with
+    what the list shows, in a fixed number of queries."""
     return (
-        Service.objects.filter(owner=user)
-        .select_related("pool")
+        _services_visible_to(user, all_users=all_users)
+        .select_related("pool", "owner")
         # Counted per row by subqueries, so a page of 10 counts 10 services' instances, not all.
         .annotate(
             instance_total=Coalesce(Subquery(_instance_count(Q())), 0),
@@ -76,7 +86,10 @@ SERVICE_PAGE_SIZES = (10, 20, 50)
 @dataclass(frozen=True)
 class ServiceListQuery:
     """What the list shows, as its URL says it. Any value that makes no sense
-    falls back to its default: a hand-edited URL never breaks the page."""
+    falls back to its default: a hand-edited URL never breaks the page.
+
+    `scope="all"` (every user's services) and the owner, pool and node filters
+    are the operators' view: for anyone but staff they stay at their defaults."""
 
     q: str = ""
     status: str = ""
@@ -84,22 +97,44 @@ class ServiceListQuery:
     sort: str = "-created"
     page: int = 1
     size: int = SERVICE_PAGE_SIZES[0]
+    scope: str = ""
+    owner: str = ""
+    pool: str = ""
+    node: str = ""
 
     @classmethod
-    def from_params(cls, params: Mapping[str, str]) -> ServiceListQuery:
+    def from_params(cls, params: Mapping[str, str], *, is_staff: bool = False) -> ServiceListQuery:
         status = params.get("status", "")
         app = params.get("app", "")
         sort = params.get("sort", "-created")
         size = params.get("size", "")
         page = params.get("page", "")
+        is_operator = is_staff and params.get("scope", "") == "all"
+
+        def operator_id(name: str) -> str:
+            value = params.get(name, "")
+            return value if is_operator and value.isdigit() and len(value) < 12 else ""
+
         return cls(
             q=params.get("q", "").strip()[:64],
             status=status if status in ServiceStatus.values else "",
-            app=app if app.isdigit() else "",
+            app=app if app.isdigit() and len(app) < 12 else "",
             sort=sort if sort in SERVICE_SORTS else "-created",
             page=int(page) if page.isdigit() and 0 < int(page) < 100_000 else 1,
             size=int(size) if size.isdigit() and int(size) in SERVICE_PAGE_SIZES else SERVICE_PAGE_SIZES[0],
+            scope="all" if is_operator else "",
+            owner=operator_id("owner"),
+            pool=operator_id("pool"),
+            node=operator_id("node"),
         )
+
+    @property
+    def is_all_users(self) -> bool:
+        return self.scope == "all"
+
+    @property
+    def is_filtered(self) -> bool:
+        return bool(self.q or self.status or self.app or self.owner or self.pool or self.node)
 
     def url_params(self, **changes: Any) -> str:
         """This query with some values changed, as a query string of the non-default values."""
@@ -165,9 +200,11 @@ class ServicePage:
 
 
 def service_page_for(user: User, query: ServiceListQuery) -> ServicePage:
-    """One page of the user's services, searched, filtered and sorted as asked,
-    in a fixed number of queries whatever the number of services."""
-    services = service_list_for(user)
+    """One page of the user's services (every user's in the operators' view),
+    searched, filtered and sorted as asked, in a fixed number of queries
+    whatever the number of services."""
+    all_users = query.is_all_users and user.is_staff
+    services = service_list_for(user, all_users=all_users)
     if query.q:
         services = services.filter(name__icontains=query.q)
     if query.status:
@@ -175,13 +212,22 @@ def service_page_for(user: User, query: ServiceListQuery) -> ServicePage:
     if query.app:
         using_app = ServiceVersionConfig.objects.filter(app_version__application_id=int(query.app))
         services = services.filter(id__in=using_app.values("service_id"))
+    if all_users and query.owner:
+        services = services.filter(owner_id=int(query.owner))
+    if all_users and query.pool:
+        services = services.filter(pool_id=int(query.pool))
+    if all_users and query.node:
+        services = services.filter(id__in=Instance.objects.filter(node_id=int(query.node)).values("service_id"))
     total = services.count()
     pages = max(1, -(-total // query.size))
     page = min(query.page, pages)
     offset = (page - 1) * query.size
     rows = list(services.order_by(*SERVICE_SORTS[query.sort])[offset : offset + query.size])
+    if all_users:
+        for row in rows:
+            row.owner_list_url = "?" + query.url_params(owner=str(row.owner_id), page=1)
     counts = dict(
-        Service.objects.filter(owner=user)
+        _services_visible_to(user, all_users=all_users)
         .order_by()
         .values_list("status")
         .annotate(n=Count("id"))
@@ -190,22 +236,85 @@ def service_page_for(user: User, query: ServiceListQuery) -> ServicePage:
     return ServicePage(rows, total, page, pages, counts, query)
 
 
+@dataclass(frozen=True)
+class NodeLoad:
+    node_id: int
+    name: str
+    pool_id: int
+    pool_name: str
+    instances: int
+    is_reachable: bool
+    is_enabled: bool
+    list_url: str  # the operators' list filtered by this node
+
+
+@dataclass(frozen=True)
+class OperatorOverview:
+    """The line above the operators' list: instances per node and the engines
+    that do not answer (services by status come with the page's counts)."""
+
+    nodes: list[NodeLoad]
+
+    @property
+    def unreachable(self) -> list[NodeLoad]:
+        return [node for node in self.nodes if not node.is_reachable]
+
+    @property
+    def pools(self) -> list[tuple[int, str]]:
+        """(id, name) of the pools that have nodes, for the Pool filter."""
+        return list(dict((node.pool_id, node.pool_name) for node in self.nodes).items())
+
+
+def operator_overview(query: ServiceListQuery) -> OperatorOverview:
+    """One query, whatever the number of services."""
+    rows = (
+        Node.objects.select_related("pool").annotate(instance_count=Count("instances")).order_by("pool__name", "name")
+    )
+    return OperatorOverview(
+        [
+            NodeLoad(
+                row.id,
+                row.name,
+                row.pool_id,
+                row.pool.name,
+                row.instance_count,
+                row.is_reachable,
+                row.is_enabled,
+                "?" + query.url_params(node=str(row.id), page=1),
+            )
+            for row in rows
+        ]
+    )
+
+
+def service_owners() -> QuerySet[Any, Any]:
+    """The users who have services, for the operators' Owner filter."""
+    return (
+        get_user_model()
+        .objects.filter(id__in=Service.objects.values("owner_id"))
+        .order_by("username")
+        .values_list("id", "username")
+    )
+
+
 def service_list_has_transitional(services: Iterable[Service]) -> bool:
     return any(service.status in TRANSITIONAL_STATUSES for service in services)
 
 
-def service_get_for(user: User, service_id: uuid.UUID | str) -> Service:
-    """One of the user's services, or 404 (also for another user's service)."""
-    return get_object_or_404(service_list_for(user), id=service_id)
+def service_get_for(user: User, service_id: uuid.UUID | str, *, as_operator: bool = False) -> Service:
+    """One of the user's services, or 404 (also for another user's service).
+    With as_operator, staff get any user's service: for the operators' view, and
+    only where an operator may act (details, Start, Stop)."""
+    return get_object_or_404(service_list_for(user, all_users=as_operator), id=service_id)
 
 
-def service_detail_for(user: User, service_id: uuid.UUID | str) -> Service:
-    """One of the user's services with its instances (`instance_rows`) and its
-    newest 200 events (`event_rows`), or 404."""
+def service_detail_for(user: User, service_id: uuid.UUID | str, *, as_operator: bool = False) -> Service:
+    """One of the user's services (any user's, for staff as_operator) with its
+    instances (`instance_rows`) and its newest 200 events (`event_rows`), or 404."""
     # Service declares both attributes for the code that reads them; django-stubs
     # would declare them here too, and calls that a redefinition.
     services = service_list_for(
-        user
+        user, all_users=as_operator
     ).prefetch_related(  # type: ignore[no-redef]
         Prefetch(
             "instances",

@@ -30,7 +30,7 @@ from services.validation import RequestInvalid, parse_deploy_request, parse_vers
 @login_required
 @require_GET
 def service_list(request: ConsoleRequest) -> HttpResponse:
-    query = selectors.ServiceListQuery.from_params(request.GET)
+    query = selectors.ServiceListQuery.from_params(request.GET, is_staff=request.user.is_staff)
     page = selectors.service_page_for(request.user, query)
     context: dict[str, Any] = {
         "services": page.services,
@@ -40,9 +40,13 @@ def service_list(request: ConsoleRequest) -> HttpResponse:
         "statuses": ServiceStatus,
         "page_sizes": selectors.SERVICE_PAGE_SIZES,
     }
+    if query.is_all_users:
+        context["overview"] = selectors.operator_overview(query)
     if request.htmx:
         return render(request, "services/service_list.html#rows", context)
     context["applications"] = selectors.ai_application_names_for(request.user)
+    if query.is_all_users:
+        context["owners"] = selectors.service_owners()
     return render(request, "services/service_list.html", context)
 
 
@@ -86,6 +90,9 @@ DETAIL_TABS = {
     "usage": "Usage Guide",
     "monitoring": "Monitoring",
 }
+# What an operator sees of another user's service: calling it and its app
+# codes stay with its owner.
+OPERATOR_TABS = ("overview", "monitoring")
 MONITORING_MINUTES = 60
 
 
@@ -94,7 +101,7 @@ MONITORING_MINUTES = 60
 def service_detail(request: ConsoleRequest, service_id: uuid.UUID) -> HttpResponse:
     if request.htmx:
         # The Overview's live parts polling while the service is in transition.
-        service = selectors.service_detail_for(request.user, service_id)
+        service = selectors.service_detail_for(request.user, service_id, as_operator=True)
         context: dict[str, Any] = {"service": service, "is_polling": service.is_transitional}
         if request.GET.get("part") == "logs":
             context["instance_logs"] = logs.instance_logs_read(service.instance_rows)
@@ -109,15 +116,19 @@ def service_detail(request: ConsoleRequest, service_id: uuid.UUID) -> HttpRespon
 def _detail_page(
     request: ConsoleRequest, service_id: uuid.UUID, tab: str, *, status: int = 200, **extra: Any
 ) -> HttpResponse:
-    """The service page with one tab open; each tab reads only what it shows."""
+    """The service page with one tab open; each tab reads only what it shows.
+    Staff may open another user's service, on the tabs an operator has."""
+    as_operator = tab in OPERATOR_TABS
     if tab == "overview":
-        service = selectors.service_detail_for(request.user, service_id)
+        service = selectors.service_detail_for(request.user, service_id, as_operator=as_operator)
     else:
-        service = selectors.service_get_for(request.user, service_id)
+        service = selectors.service_get_for(request.user, service_id, as_operator=as_operator)
+    is_owner = service.owner_id == request.user.id
     context = {
         "service": service,
         "tab": tab,
-        "tabs": DETAIL_TABS,
+        "tabs": DETAIL_TABS if is_owner else {key: DETAIL_TABS[key] for key in OPERATOR_TABS},
+        "is_owner": is_owner,
         "is_polling": tab == "overview" and service.is_transitional,
         "api_url": prediction.gateway_url(service.id),
     }
@@ -254,10 +265,17 @@ def _app_codes_response(request: ConsoleRequest, service: Service, **extra: Any)
     return _detail_page(request, service.id, "usage", **extra)
 
 
-def _lifecycle(request: ConsoleRequest, service_id: uuid.UUID, action: Callable[..., None], done: str) -> HttpResponse:
-    service = selectors.service_get_for(request.user, service_id)
+def _lifecycle(
+    request: ConsoleRequest,
+    service_id: uuid.UUID,
+    action: Callable[..., None],
+    done: str,
+    *,
+    as_operator: bool = False,
+) -> HttpResponse:
+    service = selectors.service_get_for(request.user, service_id, as_operator=as_operator)
     try:
-        action(service=service)
+        action(service=service, actor=request.user)
     except actions.ActionRefused as exc:
         messages.error(request, str(exc))
     else:
@@ -265,24 +283,27 @@ def _lifecycle(request: ConsoleRequest, service_id: uuid.UUID, action: Callable[
     next_url = request.POST.get("next", "")
     if next_url == "detail" and action is not actions.service_delete:
         return redirect("services:detail", service_id=service.id)
+    if service.owner_id != request.user.id:
+        return redirect(reverse("services:list") + "?scope=all")
     return redirect("services:list")
 
 
 @login_required
 @require_POST
 def service_start(request: ConsoleRequest, service_id: uuid.UUID) -> HttpResponse:
-    return _lifecycle(request, service_id, actions.service_start, "Starting {name}.")
+    return _lifecycle(request, service_id, actions.service_start, "Starting {name}.", as_operator=True)
 
 
 @login_required
 @require_POST
 def service_stop(request: ConsoleRequest, service_id: uuid.UUID) -> HttpResponse:
-    return _lifecycle(request, service_id, actions.service_stop, "Stopping {name}.")
+    return _lifecycle(request, service_id, actions.service_stop, "Stopping {name}.", as_operator=True)
 
 
 @login_required
 @require_POST
 def service_delete(request: ConsoleRequest, service_id: uuid.UUID) -> HttpResponse:
+    # Only the owner deletes: an operator stops.
     return _lifecycle(request, service_id, actions.service_delete, "Deleting {name}.")
 
 

@@ -34,7 +34,7 @@ def test_put_stopped_stops_a_serving_service_and_queues_the_stop(api, make, stat
 
     assert response.status_code == 200
     assert response.json()["status"] == "stopping"
-    assert response.json()["events"][0]["message"] == "Stop requested"
+    assert response.json()["events"][0]["message"] == "Stop requested by owner"
     assert status_of(service) == ServiceStatus.STOPPING
     assert len(callbacks) == 1
 

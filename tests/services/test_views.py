@@ -148,7 +148,7 @@ def test_stop_of_a_running_service_marks_it_stopping_with_one_event(
     assert response.status_code == 302
     assert response.url == reverse("services:list")
     assert refreshed_status(service) == ServiceStatus.STOPPING
-    assert list(ServiceEvent.objects.values_list("message", flat=True)) == ["Stop requested"]
+    assert list(ServiceEvent.objects.values_list("message", flat=True)) == ["Stop requested by owner"]
     assert len(callbacks) == 1
 
 
@@ -165,7 +165,9 @@ def test_start_of_a_stopped_service_marks_it_deploying(owner_client, owner, pool
     response = owner_client.post(reverse("services:start", args=[stopped.id]), follow=True)
 
     assert refreshed_status(stopped) == ServiceStatus.DEPLOYING
-    assert list(ServiceEvent.objects.values_list("message", flat=True)) == ["Start requested; deployment queued"]
+    assert list(ServiceEvent.objects.values_list("message", flat=True)) == [
+        "Start requested by owner; deployment queued"
+    ]
     assert "Starting svc-one." in page_text(response)
 
 
@@ -199,7 +201,7 @@ def test_second_delete_is_refused_while_deleting(owner_client, service):
     assert "Deleting svc-one." in page_text(first)
     assert "Cannot delete svc-one while it is Deleting." in page_text(second)
     assert refreshed_status(service) == ServiceStatus.DELETING
-    assert list(ServiceEvent.objects.values_list("message", flat=True)) == ["Delete requested"]
+    assert list(ServiceEvent.objects.values_list("message", flat=True)) == ["Delete requested by owner"]
 
 
 def test_delete_from_the_detail_page_returns_to_the_list(owner_client, service):
