@@ -36,7 +36,7 @@ def _fits(node: Node, flavor: Flavor) -> bool:
     )
 
 
-def _memory_text(mib: int) -> str:
+def memory_text(mib: int) -> str:
     # Whole GiB only: "// 1024" would call 512 MiB "0 GiB".
     return f"{mib // 1024} GiB" if mib % 1024 == 0 else f"{mib} MiB"
 
@@ -55,8 +55,8 @@ def _unavailable_reason(pool: ResourcePool, nodes: list[Node], flavor: Flavor) -
     largest_memory = max(node.memory_mib for node in nodes)
     if flavor.memory_mib > largest_memory:
         return (
-            f"needs {_memory_text(flavor.memory_mib)} memory; "
-            f"the largest engine in pool {pool.name} has {_memory_text(largest_memory)}"
+            f"needs {memory_text(flavor.memory_mib)} memory; "
+            f"the largest engine in pool {pool.name} has {memory_text(largest_memory)}"
         )
     return f"no single engine in pool {pool.name} has enough CPU, memory and GPUs together"
 

@@ -320,9 +320,20 @@ def application_list(request: ConsoleRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def application_register(request: ConsoleRequest) -> HttpResponse:
+    # "Add version" links here with ?application=<name>, on GET and in the
+    # form's action, so the page shows that application as it is.
+    application_name = request.GET.get("application", "")
+    application = (
+        selectors.ai_application_list_for(request.user).filter(name=application_name).first()
+        if application_name
+        else None
+    )
     errors: dict[str, list[str]] = {}
     if request.method == "POST":
         data = version_data_from_post(request.POST)
+        if application is not None:
+            # A new version keeps its application's name and description.
+            data.update(application_name=application.name, description=application.description)
         try:
             version = actions.ai_application_version_register(
                 owner=request.user, request=parse_version_request(owner=request.user, data=data)
@@ -334,12 +345,12 @@ def application_register(request: ConsoleRequest) -> HttpResponse:
             return redirect("services:applications")
     else:
         data = {
-            "application_name": request.GET.get("application", ""),
+            "application_name": application_name,
             "container_port": 8080,
             "health_path": "/health",
             "predict_path": "/predict",
         }
-    context = {"data": data, "errors": errors}
+    context = {"application": application, "data": data, "errors": errors}
     return render(request, "services/application_register.html", context, status=400 if errors else 200)
 
 

@@ -154,6 +154,69 @@ def test_register_page_prefills_the_application_to_add_a_version_to(owner_client
     assert 'name="application_name" value="demo-model"' in page_text(response)
 
 
+def test_register_page_shows_the_version_format_before_any_error(owner_client):
+    response = owner_client.get(reverse("services:application_register"))
+
+    text = page_text(response)
+    assert '<p class="help" id="version-help">Three numbers, e.g. 1.0.0.</p>' in text
+    assert 'aria-describedby="version-help"' in text
+    assert "field-error" not in text
+
+
+def add_version_url(name: str = "demo-model") -> str:
+    return f"{reverse('services:application_register')}?application={name}"
+
+
+def test_add_version_shows_the_applications_description_and_versions(owner_client, demo_version):
+    AIApplication.objects.filter(id=demo_version.application_id).update(description="Classifies inputs")
+
+    response = owner_client.get(add_version_url())
+
+    text = page_text(response)
+    assert "Add a version to demo-model" in text
+    assert '<p class="static-value" id="application-description">Classifies inputs</p>' in text
+    assert "Three numbers, e.g. 1.0.0. demo-model has 1.0.0." in text
+    # Shown, not offered as an input whose value would be dropped.
+    assert 'name="description"' not in text
+    assert 'name="application_name"' not in text
+    assert f'action="{add_version_url()}"' in text
+
+
+def test_add_version_keeps_the_applications_name_and_description(owner_client, form, demo_version):
+    AIApplication.objects.filter(id=demo_version.application_id).update(description="Classifies inputs")
+
+    response = owner_client.post(
+        add_version_url(), {**form, "application_name": "renamed", "description": "changed", "version": "1.1.0"}
+    )
+
+    assert response.status_code == 302
+    assert list(AIApplication.objects.values_list("name", "description")) == [("demo-model", "Classifies inputs")]
+    assert sorted(AIApplicationVersion.objects.values_list("version", flat=True)) == ["1.0.0", "1.1.0"]
+
+
+def test_refused_add_version_stays_on_the_same_application(owner_client, form, demo_version):
+    response = owner_client.post(add_version_url(), {**form, "version": "1.0.0"})
+
+    assert response.status_code == 400
+    text = page_text(response)
+    assert "Add a version to demo-model" in text
+    assert "demo-model already has a version 1.0.0." in text
+    assert f'name="image" value="{DEMO_IMAGE_V1}"' in text
+
+
+def test_add_version_to_another_users_application_shows_nothing_of_it(owner_client, other_user):
+    make_version(other_user)
+    AIApplication.objects.filter(owner=other_user).update(description="someone else's secret")
+
+    response = owner_client.get(add_version_url())
+
+    text = page_text(response)
+    assert response.status_code == 200
+    assert "someone else's secret" not in text
+    assert "Register an AI application version" in text
+    assert 'name="application_name" value="demo-model"' in text
+
+
 # --- The image check on the real engine --------------------------------------------------
 
 
