@@ -3,9 +3,11 @@
 Seeds one user with N services (default 1,000; a quarter of them Deploying, so
 the list polls) in the console's database, renders the page and the poll
 fragment through Django's test client a number of times, prints the medians,
-the response sizes and the query counts, and removes what it seeded.
+the response sizes and the query counts; then the same for the operators' list
+(a staff user, ?scope=all) over N services spread across U users (default 50);
+and removes what it seeded.
 
-    .venv/bin/python bench/service_list.py [--services 1000] [--rounds 20]
+    .venv/bin/python bench/service_list.py [--services 1000] [--users 50] [--rounds 20]
 """
 
 from __future__ import annotations
@@ -37,30 +39,42 @@ from services.choices import InstanceState, ServiceStatus, VersionStatus  # noqa
 from services.models import AIApplication, AIApplicationVersion, Instance, Service, ServiceVersionConfig  # noqa: E402
 
 
-def seed(count: int):
-    user = get_user_model().objects.create_user(
-        username=f"bench-list-{uuid.uuid4().hex[:8]}", password=uuid.uuid4().hex
-    )
-    pool, _ = ResourcePool.objects.get_or_create(name="bench-list-pool", defaults={"is_public": False, "owner": user})
-    node = Node.objects.filter(pool=pool).first() or Node.objects.create(
+def seed(count: int, users: int = 1):
+    """`count` services spread round-robin over `users` new users, all on one
+    pool; returns (the users, the pool)."""
+    tag = uuid.uuid4().hex[:8]
+    owners = [
+        get_user_model().objects.create_user(username=f"bench-list-{tag}-{n}", password=uuid.uuid4().hex)
+        for n in range(users)
+    ]
+    pool = ResourcePool.objects.create(name=f"bench-list-{tag}", is_public=False, owner=owners[0])
+    node = Node.objects.create(
         pool=pool,
-        name="bench-list-node",
+        name=f"bench-list-node-{tag}",
         docker_host="unix:///nonexistent.sock",
         cpu_count=2,
         memory_mib=4096,
         is_enabled=False,
     )
-    flavor = Flavor.objects.order_by("id").first()
-    app = AIApplication.objects.create(owner=user, name="bench-app")
-    version = AIApplicationVersion.objects.create(
-        application=app, version="1.0.0", image="x:1", status=VersionStatus.NORMAL
+    flavor = Flavor.objects.order_by("id").first() or Flavor.objects.create(
+        code="bench-list", display_name="bench-list", cpus=1, memory_mib=512
     )
+    versions = []
+    for owner in owners:
+        app = AIApplication.objects.create(owner=owner, name="bench-app")
+        versions.append(
+            AIApplicationVersion.objects.create(
+                application=app, version="1.0.0", image="x:1", status=VersionStatus.NORMAL
+            )
+        )
     statuses = [ServiceStatus.DEPLOYING if n % 4 == 0 else ServiceStatus.RUNNING for n in range(count)]
     services = Service.objects.bulk_create(
-        Service(owner=user, name=f"svc-{n:05d}", pool=pool, status=status) for n, status in enumerate(statuses)
+        Service(owner=owners[n % users], name=f"svc-{n:05d}", pool=pool, status=status)
+        for n, status in enumerate(statuses)
     )
     configs = ServiceVersionConfig.objects.bulk_create(
-        ServiceVersionConfig(service=service, app_version=version, flavor=flavor) for service in services
+        ServiceVersionConfig(service=service, app_version=versions[n % users], flavor=flavor)
+        for n, service in enumerate(services)
     )
     Instance.objects.bulk_create(
         Instance(
@@ -74,7 +88,15 @@ def seed(count: int):
         )
         for s, c in zip(services, configs, strict=True)
     )
-    return user, pool
+    return owners, pool
+
+
+def unseed(owners, pool) -> None:
+    Service.objects.filter(owner__in=owners).delete()
+    Node.objects.filter(pool=pool).delete()
+    pool.delete()
+    for owner in owners:
+        owner.delete()
 
 
 def timed(client: Client, path: str, rounds: int, **headers: str) -> tuple[float, int, int]:
@@ -89,30 +111,51 @@ def timed(client: Client, path: str, rounds: int, **headers: str) -> tuple[float
     return statistics.median(seconds), len(response.content), len(queries)
 
 
+def report(client: Client, cases, services: int, rounds: int) -> None:
+    for label, path, headers in cases:
+        median, size, queries = timed(client, path, rounds, **headers)
+        print(
+            f"{label:34s} {services} services: median {median * 1000:6.1f} ms, {size / 1024:6.1f} KiB, {queries} queries"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     settings.ALLOWED_HOSTS = ["testserver", *settings.ALLOWED_HOSTS]
-    user, pool = seed(args.services)
+
+    owners, pool = seed(args.services)
     try:
         client = Client()
-        client.force_login(user)
-        for label, path, headers in (
+        client.force_login(owners[0])
+        cases = (
             ("list page", "/", {}),
             ("poll fragment", "/", {"HTTP_HX_REQUEST": "true"}),
             ("list page, 50 a page", "/?size=50", {}),
-        ):
-            median, size, queries = timed(client, path, args.rounds, **headers)
-            print(
-                f"{label:22s} {args.services} services: median {median * 1000:6.1f} ms, {size / 1024:6.1f} KiB, {queries} queries"
-            )
+        )
+        report(client, cases, args.services, args.rounds)
     finally:
-        Service.objects.filter(owner=user).delete()
-        Node.objects.filter(pool=pool).delete()
-        pool.delete()
-        user.delete()
+        unseed(owners, pool)
+
+    owners, pool = seed(args.services, users=args.users)
+    operator = get_user_model().objects.create_user(
+        username=f"bench-operator-{uuid.uuid4().hex[:8]}", password=uuid.uuid4().hex, is_staff=True
+    )
+    try:
+        client = Client()
+        client.force_login(operator)
+        cases = (
+            (f"operators' list ({args.users} users)", "/?scope=all", {}),
+            (f"operators' poll ({args.users} users)", "/?scope=all", {"HTTP_HX_REQUEST": "true"}),
+        )
+        report(client, cases, args.services, args.rounds)
+    finally:
+        unseed(owners, pool)
+        operator.delete()
+        Flavor.objects.filter(code="bench-list").delete()
 
 
 if __name__ == "__main__":

@@ -224,16 +224,43 @@ def service_page_for(user: User, query: ServiceListQuery) -> ServicePage:
     offset = (page - 1) * query.size
     rows = list(services.order_by(*SERVICE_SORTS[query.sort])[offset : offset + query.size])
     if all_users:
-        for row in rows:
-            row.owner_list_url = "?" + query.url_params(owner=str(row.owner_id), page=1)
-    counts = dict(
+        _owner_links(rows, query)
+    return ServicePage(rows, total, page, pages, _status_counts(user, all_users=all_users), query)
+
+
+# At most this many rows are refreshed by one poll: the largest page.
+WATCHED_ROWS_MAX = max(SERVICE_PAGE_SIZES)
+
+
+def service_rows_watched_for(user: User, query: ServiceListQuery, watched: Iterable[str]) -> ServicePage:
+    """The list's poll: the rows it watches (transitional ones on screen), as
+    they are now, and the counts; a watched row that is gone is simply absent."""
+    all_users = query.is_all_users and user.is_staff
+    ids = []
+    for value in list(watched)[:WATCHED_ROWS_MAX]:
+        try:
+            ids.append(uuid.UUID(value))
+        except ValueError:
+            continue
+    rows = list(service_list_for(user, all_users=all_users).filter(id__in=ids)) if ids else []
+    if all_users:
+        _owner_links(rows, query)
+    return ServicePage(rows, len(rows), query.page, 1, _status_counts(user, all_users=all_users), query)
+
+
+def _owner_links(rows: list[Service], query: ServiceListQuery) -> None:
+    for row in rows:
+        row.owner_list_url = "?" + query.url_params(owner=str(row.owner_id), page=1)
+
+
+def _status_counts(user: User, *, all_users: bool) -> dict[str, int]:
+    return dict(
         _services_visible_to(user, all_users=all_users)
         .order_by()
         .values_list("status")
         .annotate(n=Count("id"))
         .values_list("status", "n")
     )
-    return ServicePage(rows, total, page, pages, counts, query)
 
 
 @dataclass(frozen=True)

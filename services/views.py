@@ -31,6 +31,8 @@ from services.validation import RequestInvalid, parse_deploy_request, parse_vers
 @require_GET
 def service_list(request: ConsoleRequest) -> HttpResponse:
     query = selectors.ServiceListQuery.from_params(request.GET, is_staff=request.user.is_staff)
+    if request.htmx:
+        return _service_list_poll(request, query)
     page = selectors.service_page_for(request.user, query)
     context: dict[str, Any] = {
         "services": page.services,
@@ -42,12 +44,29 @@ def service_list(request: ConsoleRequest) -> HttpResponse:
     }
     if query.is_all_users:
         context["overview"] = selectors.operator_overview(query)
-    if request.htmx:
-        return render(request, "services/service_list.html#rows", context)
-    context["applications"] = selectors.ai_application_names_for(request.user)
-    if query.is_all_users:
         context["owners"] = selectors.service_owners()
+    else:
+        context["applications"] = selectors.ai_application_names_for(request.user)
     return render(request, "services/service_list.html", context)
+
+
+def _service_list_poll(request: ConsoleRequest, query: selectors.ServiceListQuery) -> HttpResponse:
+    """The rows the list watches, out of band, and the counts; the poller goes
+    on while any of them is still transitional."""
+    watched = request.GET.getlist("watch")
+    page = selectors.service_rows_watched_for(request.user, query, watched)
+    found = {str(service.id) for service in page.services}
+    context: dict[str, Any] = {
+        "services": page.services,
+        "page": page,
+        "query": query,
+        "is_polling": page.has_transitional,
+        # Rows that went away (deleted, or no longer this user's to see).
+        "gone_ids": [value for value in watched[: selectors.WATCHED_ROWS_MAX] if value not in found],
+    }
+    if query.is_all_users:
+        context["overview"] = selectors.operator_overview(query)
+    return render(request, "services/service_list.html#poll", context)
 
 
 @login_required

@@ -61,7 +61,7 @@ document.addEventListener("submit", function (event) {
 // Banners that announce a passing state ("is deploying", "checking its image")
 // go once the page's live part stops polling: the state they announced is over.
 document.addEventListener("htmx:afterSwap", function () {
-  const live = document.querySelector("#service-rows, #service-live, #application-table");
+  const live = document.querySelector("#list-poller, #service-live, #application-table");
   if (live && !live.hasAttribute("hx-trigger")) {
     document.querySelectorAll(".messages .message.transient").forEach(function (banner) { banner.remove(); });
   }

@@ -52,7 +52,7 @@ def test_deploy_through_the_wizard_and_the_list_turns_running_without_reload(
     assert page.inner_text(status_cell).strip() == "Running"
     assert page.inner_text(f"#service-{service.id} .instances-cell").strip() == "1/1"
     # Nothing is transitional any more, so the rows stopped polling.
-    assert page.get_attribute("#service-rows", "hx-get") is None
+    assert page.get_attribute("#list-poller", "hx-get") is None
     # The banner that announced the deploy went with the Deploying it announced.
     assert page.locator(".message.success").count() == 0
     page.screenshot(path=ARTIFACTS / "browser-service-list.png", full_page=True)

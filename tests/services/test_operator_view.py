@@ -85,9 +85,10 @@ def test_staff_see_only_their_own_services_unless_they_ask_for_all(operator_clie
 
 def test_an_ordinary_user_asking_for_all_users_sees_only_their_own(owner_client, spread, pool):
     alice, bob = spread
+    both = f"&watch={alice.id}&watch={bob.id}"  # as the list's poll would ask
     for query in ("?scope=all", f"?scope=all&owner={bob.owner_id}", "?scope=all&node=1", f"?scope=all&pool={pool.id}"):
-        for headers in ({}, {"HTTP_HX_REQUEST": "true"}):
-            page = text(owner_client.get(reverse("services:list") + query, **headers))
+        for suffix, headers in (("", {}), (both, {"HTTP_HX_REQUEST": "true"})):
+            page = text(owner_client.get(reverse("services:list") + query + suffix, **headers))
             assert "alice-svc" in page, query
             assert "bob-svc" not in page, query
             assert "Owner" not in page and "Instances per node" not in page
@@ -171,10 +172,11 @@ def test_staff_cannot_delete_another_users_service(operator_client, spread):
     assert Service.objects.get(id=bob.id).status == ServiceStatus.STOPPED
 
 
-# session, user, how many match, the page, configurations, counts by status,
-# the overview's nodes; the page adds the owners of the Owner filter.
-OPERATOR_POLL_QUERIES = 7
-OPERATOR_LIST_QUERIES = OPERATOR_POLL_QUERIES + 1
+# The page: session, user, how many match, the page, configurations, counts by
+# status, the overview's nodes, the owners of the Owner filter. The poll:
+# session, user, the watched rows, configurations, counts, nodes.
+OPERATOR_LIST_QUERIES = 8
+OPERATOR_POLL_QUERIES = 6
 
 
 @pytest.mark.parametrize("users", [1, 4, 12])
@@ -193,11 +195,16 @@ def test_the_operators_list_and_poll_take_a_fixed_number_of_queries(
                 service=service, config=service.configs.get(), index=0, node=node, container_name=f"u{n}-s{m}-0"
             )
     url = reverse("services:list") + "?scope=all&size=50"
+    on_screen = [str(service_id) for service_id in Service.objects.values_list("id", flat=True)[:50]]
 
     with django_assert_num_queries(OPERATOR_LIST_QUERIES):
         page = text(operator_client.get(url))
     with django_assert_num_queries(OPERATOR_POLL_QUERIES):
-        poll = text(operator_client.get(url, HTTP_HX_REQUEST="true"))
+        poll = text(
+            operator_client.get(
+                reverse("services:list"), {"scope": "all", "size": 50, "watch": on_screen}, HTTP_HX_REQUEST="true"
+            )
+        )
 
     assert page.count('data-status="deploying"') == poll.count('data-status="deploying"') == min(3 * users, 50)
     assert f"local {3 * users}" in page

@@ -278,17 +278,50 @@ def test_list_stops_polling_once_nothing_is_in_transition(owner_client, owner, p
         assert "every 1s" not in response.content.decode()
 
 
-def test_list_polling_request_returns_only_the_rows(owner_client, owner, pool, flavors, demo_version):
-    make_service(owner, pool, version=demo_version, flavor=flavors["small"], status=ServiceStatus.DEPLOYING)
+def test_the_lists_poll_returns_only_the_watched_rows_out_of_band_and_the_counts(
+    owner_client, owner, pool, flavors, demo_version
+):
+    moving = make_service(
+        owner, pool, version=demo_version, flavor=flavors["small"], name="moving", status=ServiceStatus.DEPLOYING
+    )
+    make_service(owner, pool, version=demo_version, flavor=flavors["small"], name="steady")
+    gone = uuid.uuid4()
 
-    response = owner_client.get(reverse("services:list"), HTTP_HX_REQUEST="true")
+    response = owner_client.get(
+        reverse("services:list"), {"watch": [str(moving.id), str(gone)]}, HTTP_HX_REQUEST="true"
+    )
 
     content = response.content.decode()
     assert response.status_code == 200
-    assert content.lstrip().startswith('<div id="service-rows"')
+    assert content.lstrip().startswith('<div id="list-poller"')
     assert "<html" not in content and "<h1>" not in content
-    assert "svc-one" in content
-    assert 'hx-trigger="every 1s [!document.hidden]"' in content
+    assert f'<template>\n      <tr id="service-{moving.id}" data-status="deploying" hx-swap-oob="true">' in content
+    assert "steady" not in content  # a settled row is not sent again
+    assert f'<tr id="service-{gone}" hx-swap-oob="delete">' in content
+    assert 'id="list-counts" hx-swap-oob="true"' in content
+    assert 'hx-trigger="every 1s [!document.hidden]"' in content  # "moving" still moves
+
+    moving.status = ServiceStatus.RUNNING
+    moving.save()
+    settled = owner_client.get(reverse("services:list"), {"watch": [str(moving.id)]}, HTTP_HX_REQUEST="true")
+    assert 'data-status="running"' in settled.content.decode()
+    assert "hx-trigger" not in settled.content.decode()  # nothing left to watch: the poller stops
+
+
+def test_the_lists_poll_never_shows_another_users_service(owner_client, other_user, pool, flavors):
+    theirs = make_service(
+        other_user,
+        pool,
+        version=make_version(other_user),
+        flavor=flavors["small"],
+        name="theirs",
+        status=ServiceStatus.DEPLOYING,
+    )
+
+    response = owner_client.get(reverse("services:list"), {"watch": [str(theirs.id)]}, HTTP_HX_REQUEST="true")
+
+    assert "theirs" not in response.content.decode()
+    assert f'<tr id="service-{theirs.id}" hx-swap-oob="delete">' in response.content.decode()
 
 
 def _services(owner, pool, flavors, demo_version, count: int) -> None:
@@ -302,11 +335,12 @@ def _services(owner, pool, flavors, demo_version, count: int) -> None:
         )
 
 
-# session, user, how many match, the page of annotated services, their
-# configurations (with version, application and flavor), the counts by status;
-# the page adds the applications of the filter. The same for any number of services.
-POLL_QUERIES = 6
-LIST_QUERIES = POLL_QUERIES + 1
+# The page: session, user, how many match, the page of annotated services,
+# their configurations (with version, application and flavor), the counts by
+# status, the applications of the filter. The poll: session, user, the watched
+# rows, their configurations, the counts. The same for any number of services.
+LIST_QUERIES = 7
+POLL_QUERIES = 5
 
 
 @pytest.mark.parametrize("count", [1, 5, 60])
@@ -326,11 +360,12 @@ def test_list_polling_query_count_does_not_grow_with_services(
     owner_client, owner, pool, flavors, demo_version, django_assert_num_queries, count
 ):
     _services(owner, pool, flavors, demo_version, count)
+    on_screen = [str(service_id) for service_id in Service.objects.values_list("id", flat=True)[:10]]
 
     with django_assert_num_queries(POLL_QUERIES):
-        response = owner_client.get(reverse("services:list"), HTTP_HX_REQUEST="true")
+        response = owner_client.get(reverse("services:list"), {"watch": on_screen}, HTTP_HX_REQUEST="true")
 
-    # The poll brings the page on screen (10 by default), not every service.
+    # The poll brings the watched rows on screen (10 at most by default), not every service.
     assert page_text(response).count('data-status="deploying"') == min(count, 10)
 
 
