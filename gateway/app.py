@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import psycopg
 from aiohttp import http_exceptions, web, web_protocol
 from aiohttp.http import HttpVersion10, HttpVersion11
@@ -76,6 +77,12 @@ STATS = web.AppKey("stats", CallStats)
 POOL = web.AppKey("pool", upstream_client.Pool)
 # An upstream that refused a connection -> until when (monotonic) it is tried last.
 SUSPECTS = web.AppKey("suspects", dict[Upstream, float])
+# aiohttp's client, for WebSocket calls only (HTTP calls use gateway.upstream).
+WS_SESSION = web.AppKey("ws_session", aiohttp.ClientSession)
+# Set by the WebSocket handshake itself, never copied from the caller's.
+WEBSOCKET_OWN_HEADERS = frozenset(
+    {"host", "sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol", "sec-websocket-extensions"}
+)
 
 
 def conninfo(db: DatabaseConfig) -> str:
@@ -255,6 +262,21 @@ async def infer(request: web.Request) -> web.StreamResponse:
     service = _callable_service(request)
     if isinstance(service, web.Response):
         return service
+    is_upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+    if is_upgrade or service.is_websocket:
+        if not service.is_websocket:
+            return error(
+                400,
+                ErrorCode.NOT_WEBSOCKET,
+                f"Service {service.service_id} is not a WebSocket service: call it over HTTP.",
+            )
+        if not is_upgrade:
+            return error(
+                426,
+                ErrorCode.WEBSOCKET_REQUIRED,
+                f"Service {service.service_id} is a WebSocket service: connect with WebSocket (ws:// or wss://).",
+            )
+        return await _proxy_websocket(request, service, started)
     limit = request.app[CONFIG].max_body_bytes
     body = await _read_body(request, limit)
     if body is None:
@@ -341,6 +363,81 @@ async def _proxy(
     if last_error:
         return error(502, ErrorCode.CONNECT_FAILED, f"Could not connect to an instance of the service: {last_error}")
     return error(503, ErrorCode.NO_HEALTHY_INSTANCE, f"Service {service_id} has no healthy instance.")
+
+
+async def _proxy_websocket(request: web.Request, service: ServiceRoute, started: float) -> web.StreamResponse:
+    """Connect to an instance picked as for an HTTP call, then relay messages
+    both ways until either side closes. The caller's subprotocols are offered to
+    the model, and the one it picks is the caller's answer."""
+    app = request.app
+    config = app[CONFIG]
+    session: aiohttp.ClientSession = app[WS_SESSION]
+    raw_path = request.rel_url.raw_path
+    rest_at = raw_path.find("/", PREFIX_LENGTH)
+    query = request.rel_url.raw_query_string
+    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+    headers = [(k, v) for k, v in _forwarded_headers(request) if k.lower() not in WEBSOCKET_OWN_HEADERS]
+    tried: set[Upstream] = set()
+    last_error = ""
+    while True:
+        version = service.pick_version(app[TABLE].rng, tried)
+        upstream = version.pick_upstream(tried) if version is not None else None
+        if version is None or upstream is None:
+            break
+        target = (raw_path[rest_at:] if rest_at != -1 else version.predict_path) + ("?" + query if query else "")
+        host, port = upstream
+        try:
+            model = await session.ws_connect(
+                f"ws://{host}:{port}{target}",
+                protocols=protocols,
+                headers=headers,
+                max_msg_size=config.max_body_bytes,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+            )
+        except (aiohttp.ClientConnectionError, aiohttp.WSServerHandshakeError, TimeoutError) as exc:
+            metrics.UPSTREAM_ERRORS.labels("connect").inc()
+            tried.add(upstream)
+            last_error = str(exc) or type(exc).__name__
+            continue
+        break
+    if version is None or upstream is None:
+        if last_error:
+            return error(502, ErrorCode.CONNECT_FAILED, f"Could not open a WebSocket to an instance: {last_error}")
+        return error(503, ErrorCode.NO_HEALTHY_INSTANCE, f"Service {service.service_id} has no healthy instance.")
+
+    caller = web.WebSocketResponse(
+        protocols=(model.protocol,) if model.protocol else (), max_msg_size=config.max_body_bytes
+    )
+    is_failed = False
+    try:
+        await caller.prepare(request)
+        to_model = asyncio.create_task(_relay_messages(caller, model))
+        to_caller = asyncio.create_task(_relay_messages(model, caller))
+        done, pending = await asyncio.wait({to_model, to_caller}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        is_failed = any(task.exception() is not None for task in done if not task.cancelled())
+    finally:
+        await model.close()
+        await caller.close()
+        app[STATS].record(service.service_id, version.config_id, (time.perf_counter() - started) * 1000, is_failed)
+    return caller
+
+
+async def _relay_messages(
+    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+) -> None:
+    """Forward text and binary messages until the source closes; its close code goes on."""
+    async for message in source:
+        if message.type == aiohttp.WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type == aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+        elif message.type == aiohttp.WSMsgType.ERROR:
+            raise ConnectionError(f"WebSocket error: {source.exception()}")
+    code = source.close_code or aiohttp.WSCloseCode.OK
+    await sink.close(code=code)
 
 
 async def _relay(
@@ -482,6 +579,7 @@ async def _flush_once(app: web.Application, conn_holder: dict[str, psycopg.Async
 
 async def _start_background(app: web.Application) -> AsyncIterator[None]:
     app[POOL] = upstream_client.Pool()
+    app[WS_SESSION] = aiohttp.ClientSession(auto_decompress=False)
     refresh = asyncio.create_task(app[KEEPER].run())
     flush = asyncio.create_task(_flush_loop(app))
     try:
@@ -493,6 +591,7 @@ async def _start_background(app: web.Application) -> AsyncIterator[None]:
     flush.cancel()
     await _flush_once(app, {"conn": None})
     app[POOL].close()
+    await app[WS_SESSION].close()
 
 
 def create_app(config: GatewayConfig) -> web.Application:

@@ -19,7 +19,7 @@ from services.choices import ServiceStatus
 from services.contract import CALLABLE_STATUSES, secret_hash
 
 Upstream = tuple[str, int]
-# (service_id, owner_id, status, config_id, weight, predict_path, host_port or None)
+# (service_id, owner_id, status, config_id, weight, predict_path, host_port or None[, is_websocket])
 ServiceRow = Sequence[Any]
 # (token_hash, owner_id, expires_at as UNIX time[, is_valid])
 TokenRow = Sequence[Any]
@@ -67,6 +67,8 @@ class ServiceRoute:
     owner_id: int
     status: str
     versions: list[VersionRoute] = field(default_factory=list)
+    # Called over WebSocket only (fixed when the service is deployed).
+    is_websocket: bool = False
 
     @cached_property
     def serving_versions(self) -> list[VersionRoute]:
@@ -218,11 +220,13 @@ def services_from_rows(
     """
     services: dict[str, ServiceRoute] = {} if into is None else into
     by_config: dict[int, VersionRoute] = {} if versions is None else versions
-    for service_id, owner_id, status, config_id, weight, predict_path, host_port in rows:
+    for service_id, owner_id, status, config_id, weight, predict_path, host_port, *more in rows:
         service_id = str(service_id)
         service = services.get(service_id)
         if service is None:
-            service = services[service_id] = ServiceRoute(service_id, owner_id, status)
+            service = services[service_id] = ServiceRoute(
+                service_id, owner_id, status, is_websocket=bool(more and more[0])
+            )
         version = by_config.get(config_id)
         if version is None:
             old = previous.get(service_id) if previous is not None else None

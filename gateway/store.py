@@ -16,7 +16,7 @@ import psycopg
 from gateway.routing import RoutingTable, TableBuilder
 
 SERVICE_COLUMNS = """
-SELECT s.id::text, s.owner_id, s.status, c.id, c.weight, v.predict_path, i.host_port
+SELECT s.id::text, s.owner_id, s.status, c.id, c.weight, v.predict_path, i.host_port, s.is_websocket
 FROM services_service s
 JOIN services_serviceversionconfig c ON c.service_id = s.id
 JOIN services_aiapplicationversion v ON v.id = c.app_version_id

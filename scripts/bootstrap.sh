@@ -11,7 +11,7 @@
 #   redis        Redis answering (installs/starts it when local)
 #   docker       Docker engine answering (installs docker.io, starts dockerd)
 #   base-image   rts-base:bookworm (mmdebstrap minbase + python3, docker import)
-#   demo-images  rts-demo-model:1.0.0 and :2.0.0 from examples/model-server
+#   demo-images  rts-demo-model:1.0.0, :2.0.0 and :3.0.0 (for WebSocket) from examples/model-server
 #   images       base-image + demo-images (starts the engine first if needed)
 #   chromium     /usr/bin/chromium for the browser tests
 #   bench-tools  wrk and nginx for bench/gateway.py (not part of all)
@@ -39,7 +39,7 @@ REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 
 BASE_IMAGE="rts-base:bookworm"
 DEMO_REPO="rts-demo-model"
-DEMO_VERSIONS=(1.0.0 2.0.0)
+DEMO_VERSIONS=(1.0.0 2.0.0 3.0.0)
 DEMO_DIR="$ROOT/examples/model-server"
 DEMO_LABEL="rts.demo.source-sha256"
 DEFAULT_DOCKER_SOCK="/var/run/docker.sock"

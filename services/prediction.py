@@ -208,6 +208,12 @@ def gateway_url(service_id: uuid.UUID | str, path: str = "") -> str:
     return f"{url}/{path}" if path else url
 
 
+def gateway_websocket_url(service_id: uuid.UUID | str) -> str:
+    """The service's URL for WebSocket callers: ws:// (wss:// behind TLS) for http:// (https://)."""
+    url = gateway_url(service_id)
+    return "ws" + url.removeprefix("http") if url.startswith("http") else url
+
+
 def gateway_call(*, url: str, token: str, body: bytes, content_type: str, timeout: float) -> GatewayReply:
     """POST to the gateway; reads at most DISPLAY_MAX_BYTES of the answer."""
     parts = urlsplit(url)

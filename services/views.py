@@ -150,6 +150,7 @@ def _detail_page(
         "is_owner": is_owner,
         "is_polling": tab == "overview" and service.is_transitional,
         "api_url": prediction.gateway_url(service.id),
+        "ws_url": prediction.gateway_websocket_url(service.id),
     }
     if tab == "overview":
         context["instance_logs"] = logs.instance_logs_read(service.instance_rows)

@@ -12,6 +12,8 @@ Endpoints
   ANY  /fail?status=N     answers status N (default 500) with a JSON body
   GET  /large?bytes=N     answers N bytes of application/octet-stream
   ANY  /echo              method, path, query, headers, body length and sha256
+  WebSocket /predict      each text message is a JSON input; each answer is the
+                          prediction as a text message (binary: its length and sha256)
 
 Environment
   PORT (8080)             port to listen on (0.0.0.0)
@@ -24,6 +26,7 @@ Environment
 SIGTERM and SIGINT end the process with code 0 (SIGTERM after STOP_DELAY_SECONDS).
 """
 
+import base64
 import hashlib
 import json
 import math
@@ -39,6 +42,8 @@ from urllib.parse import parse_qs, urlsplit
 MODEL_NAME = "rts-demo-model"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 CHUNK = 64 * 1024
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 def log(message: str) -> None:
@@ -185,6 +190,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(status, {"error": message, "status": status, "version": VERSION, **extra})
 
     def _dispatch(self) -> None:
+        if self.headers.get("Upgrade", "").lower() == "websocket" and self.command == "GET":
+            self._websocket()
+            return
         started = time.monotonic()
         self._status = 0
         self._sent = 0
@@ -232,6 +240,85 @@ class Handler(BaseHTTPRequestHandler):
         )
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
+
+    # ---- WebSocket (RFC 6455), on /predict ---------------------------------
+    def _websocket(self) -> None:
+        self.close_connection = True
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        if urlsplit(self.path).path.rstrip("/") != "/predict" or not key:
+            self.send_error_json(400, "WebSocket is served on /predict, with a Sec-WebSocket-Key")
+            return
+        accept = base64.b64encode(hashlib.sha1((key + WEBSOCKET_GUID).encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        log(f'{self.client_address[0]} "WebSocket {self.path}" opened')
+        messages = 0
+        try:
+            while True:
+                opcode, payload = self._ws_read()
+                if opcode == 0x8:  # close: answer it, then end
+                    self._ws_send(0x8, payload[:2])
+                    break
+                if opcode == 0x9:
+                    self._ws_send(0xA, payload)
+                elif opcode == 0x1:
+                    messages += 1
+                    try:
+                        answer = {"version": VERSION, **predict(json.loads(payload.decode()))}
+                    except (ValueError, UnicodeDecodeError) as exc:
+                        answer = {"version": VERSION, "error": f"message must be JSON: {exc}"}
+                    self._ws_send(0x1, json.dumps(answer).encode())
+                elif opcode == 0x2:
+                    messages += 1
+                    summary = {"version": VERSION, "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+                    self._ws_send(0x1, json.dumps(summary).encode())
+        except (ConnectionError, OSError, ValueError) as exc:
+            log(f'{self.client_address[0]} "WebSocket {self.path}" broken: {exc}')
+        log(f'{self.client_address[0]} "WebSocket {self.path}" closed after {messages} message(s)')
+
+    def _ws_read_exactly(self, size: int) -> bytes:
+        data = self.rfile.read(size)
+        if len(data) != size:
+            raise ConnectionError("the client went away")
+        return data
+
+    def _ws_read(self) -> tuple[int, bytes]:
+        """One whole message (continuation frames joined): (opcode, payload)."""
+        opcode, parts = None, []
+        while True:
+            first, second = self._ws_read_exactly(2)
+            length = second & 0x7F
+            if length == 126:
+                length = int.from_bytes(self._ws_read_exactly(2), "big")
+            elif length == 127:
+                length = int.from_bytes(self._ws_read_exactly(8), "big")
+            if length > MAX_MESSAGE_BYTES:
+                raise ValueError(f"message larger than {MAX_MESSAGE_BYTES} bytes")
+            mask = self._ws_read_exactly(4) if second & 0x80 else b"\0\0\0\0"
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(self._ws_read_exactly(length)))
+            frame_opcode = first & 0x0F
+            if frame_opcode >= 0x8:  # control frames come whole, even between fragments
+                return frame_opcode, data
+            if frame_opcode != 0x0:
+                opcode = frame_opcode
+            parts.append(data)
+            if first & 0x80:
+                return opcode or 0x1, b"".join(parts)
+
+    def _ws_send(self, opcode: int, payload: bytes) -> None:
+        length = len(payload)
+        if length < 126:
+            header = bytes([0x80 | opcode, length])
+        elif length < 65536:
+            header = bytes([0x80 | opcode, 126]) + length.to_bytes(2, "big")
+        else:
+            header = bytes([0x80 | opcode, 127]) + length.to_bytes(8, "big")
+        self.wfile.write(header + payload)
+        self.wfile.flush()
 
     def query_number(self, name: str, default: float) -> float:
         values = self._query.get(name)

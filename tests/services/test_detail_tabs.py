@@ -128,3 +128,21 @@ def test_a_failed_deploys_removed_instance_says_so(owner_client, owner, pool, fl
 
     page = owner_client.get(f"/services/{failed.id}/").content.decode()
     assert "Removed (the deploy failed)" in page
+
+
+def test_a_websocket_services_usage_guide_shows_how_to_connect_and_prediction_sends_there(
+    owner_client, service, settings
+):
+    settings.GATEWAY_URL = "https://gateway.example.com"
+    Service.objects.filter(id=service.id).update(is_websocket=True)
+    ws_url = f"wss://gateway.example.com/v1/infers/{service.id}"
+
+    usage = html.unescape(owner_client.get(tab_url(service, "usage")).content.decode())
+    prediction = html.unescape(owner_client.get(tab_url(service, "prediction")).content.decode())
+
+    assert f"websocat -H 'X-Auth-Token: <YOUR_TOKEN>' '{ws_url}'" in usage
+    assert f'websockets.connect("{ws_url}", additional_headers=headers)' in usage
+    assert "requests.post" not in usage
+    assert "Plain HTTP calls are refused with 426" in usage
+    assert 'id="prediction-form"' not in prediction
+    assert "is a WebSocket service" in prediction and ws_url in prediction

@@ -24,7 +24,12 @@ FLAVORS = [
     ("cpu.4u8g", "CPU: 4 vCPUs | 8 GiB", "4", 8192, 0, False),
     ("gpu.1p4u16g", "GPU: 1 x GPU | 4 vCPUs | 16 GiB", "4", 16384, 1, False),
 ]
-DEMO_VERSIONS = [("1.0.0", "rts-demo-model:1.0.0"), ("2.0.0", "rts-demo-model:2.0.0")]
+# (version, image, WebSocket-compliant): 3.0.0 is called over WebSocket.
+DEMO_VERSIONS = [
+    ("1.0.0", "rts-demo-model:1.0.0", False),
+    ("2.0.0", "rts-demo-model:2.0.0", False),
+    ("3.0.0", "rts-demo-model:3.0.0", True),
+]
 
 
 class Command(BaseCommand):
@@ -55,9 +60,9 @@ class Command(BaseCommand):
             )
             versions = [
                 AIApplicationVersion.objects.get_or_create(
-                    application=application, version=version, defaults={"image": image}
+                    application=application, version=version, defaults={"image": image, "is_websocket": websocket}
                 )[0]
-                for version, image in DEMO_VERSIONS
+                for version, image, websocket in DEMO_VERSIONS
             ]
         nodes_refresh()
         for version in versions:
