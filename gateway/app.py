@@ -32,6 +32,7 @@ from gateway import metrics, store
 from gateway import upstream as upstream_client
 from gateway.config import DatabaseConfig, GatewayConfig
 from gateway.keeper import TableHolder, TableKeeper
+from gateway.limits import TrafficLimiter
 from gateway.routing import AuthResult, RoutingTable, ServiceRoute, Upstream, VersionRoute, authorize
 from gateway.stats import CallStats
 from services.contract import INFER_PREFIX, ErrorCode, secret_hash, status_label
@@ -79,6 +80,7 @@ POOL = web.AppKey("pool", upstream_client.Pool)
 SUSPECTS = web.AppKey("suspects", dict[Upstream, float])
 # aiohttp's client, for WebSocket calls only (HTTP calls use gateway.upstream).
 WS_SESSION = web.AppKey("ws_session", aiohttp.ClientSession)
+LIMITER = web.AppKey("limiter", TrafficLimiter)
 # Set by the WebSocket handshake itself, never copied from the caller's.
 WEBSOCKET_OWN_HEADERS = frozenset(
     {"host", "sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol", "sec-websocket-extensions"}
@@ -277,11 +279,33 @@ async def infer(request: web.Request) -> web.StreamResponse:
                 f"Service {service.service_id} is a WebSocket service: connect with WebSocket (ws:// or wss://).",
             )
         return await _proxy_websocket(request, service, started)
+    if service.traffic_limit:
+        wait = await request.app[LIMITER].wait_seconds(service.service_id, service.traffic_limit)
+        if wait:
+            return _refuse_over_limit(request, service, started)
     limit = request.app[CONFIG].max_body_bytes
     body = await _read_body(request, limit)
     if body is None:
         return error(413, ErrorCode.BODY_TOO_LARGE, f"The request body is larger than {limit} bytes.")
     return await _proxy(request, service, body, _forwarded_headers(request), started)
+
+
+def _refuse_over_limit(request: web.Request, service: ServiceRoute, started: float) -> web.Response:
+    """A 429 for a call beyond the service's traffic limit, counted as a
+    limited (and failed) call of the service."""
+    counted = next((v for v in service.versions if v.weight > 0), None)
+    if counted is not None:
+        request.app[STATS].record(
+            service.service_id, counted.config_id, (time.perf_counter() - started) * 1000, True, is_limited=True
+        )
+    metrics.LIMITED_CALLS.inc()
+    response = error(
+        429,
+        ErrorCode.TRAFFIC_LIMITED,
+        f"Service {service.service_id} takes at most {service.traffic_limit} calls per second; try again shortly.",
+    )
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 async def _proxy(
@@ -580,6 +604,7 @@ async def _flush_once(app: web.Application, conn_holder: dict[str, psycopg.Async
 async def _start_background(app: web.Application) -> AsyncIterator[None]:
     app[POOL] = upstream_client.Pool()
     app[WS_SESSION] = aiohttp.ClientSession(auto_decompress=False)
+    app[LIMITER] = TrafficLimiter(app[CONFIG].redis_url)
     refresh = asyncio.create_task(app[KEEPER].run())
     flush = asyncio.create_task(_flush_loop(app))
     try:
@@ -592,6 +617,7 @@ async def _start_background(app: web.Application) -> AsyncIterator[None]:
     await _flush_once(app, {"conn": None})
     app[POOL].close()
     await app[WS_SESSION].close()
+    await app[LIMITER].close()
 
 
 def create_app(config: GatewayConfig) -> web.Application:

@@ -51,6 +51,8 @@ class GatewayConfig:
     full_reload_seconds: float
     # Where the engines publish the instances' ports.
     instance_host: str
+    # Redis, where the gateway processes count calls against traffic limits.
+    redis_url: str
     database: DatabaseConfig
 
     @classmethod
@@ -65,6 +67,7 @@ class GatewayConfig:
             max_header_bytes=env_int("GATEWAY_MAX_HEADER_BYTES", 32 * 1024),
             full_reload_seconds=env_float("GATEWAY_FULL_RELOAD_SECONDS", 300.0),
             instance_host=env_str("INSTANCE_HOST", "127.0.0.1"),
+            redis_url=env_str("REDIS_URL", "redis://127.0.0.1:6379/0"),
             database=DatabaseConfig.from_env(),
         )
 

@@ -35,6 +35,10 @@ CALL_SECONDS = Histogram(
     "Time from a call's arrival to its answer",
     buckets=[ms / 1000 for ms in LATENCY_BUCKETS_MS],
 )
+LIMITED_CALLS = Counter(
+    "rts_gateway_limited_calls_total",
+    "Calls refused with 429 because their service was over its traffic limit",
+)
 UPSTREAM_ERRORS = Counter(
     "rts_gateway_upstream_errors_total",
     "Calls that failed between the gateway and an instance, by kind",

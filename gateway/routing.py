@@ -19,7 +19,7 @@ from services.choices import ServiceStatus
 from services.contract import CALLABLE_STATUSES, secret_hash
 
 Upstream = tuple[str, int]
-# (service_id, owner_id, status, config_id, weight, predict_path, host_port or None[, is_websocket])
+# (service_id, owner_id, status, config_id, weight, predict_path, host_port or None[, is_websocket, traffic_limit])
 ServiceRow = Sequence[Any]
 # (token_hash, owner_id, expires_at as UNIX time[, is_valid])
 TokenRow = Sequence[Any]
@@ -69,6 +69,8 @@ class ServiceRoute:
     versions: list[VersionRoute] = field(default_factory=list)
     # Called over WebSocket only (fixed when the service is deployed).
     is_websocket: bool = False
+    # Calls per second over every gateway process together; None: no limit.
+    traffic_limit: int | None = None
 
     @cached_property
     def serving_versions(self) -> list[VersionRoute]:
@@ -225,7 +227,11 @@ def services_from_rows(
         service = services.get(service_id)
         if service is None:
             service = services[service_id] = ServiceRoute(
-                service_id, owner_id, status, is_websocket=bool(more and more[0])
+                service_id,
+                owner_id,
+                status,
+                is_websocket=bool(more and more[0]),
+                traffic_limit=more[1] if len(more) > 1 else None,
             )
         version = by_config.get(config_id)
         if version is None:

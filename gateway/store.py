@@ -16,7 +16,7 @@ import psycopg
 from gateway.routing import RoutingTable, TableBuilder
 
 SERVICE_COLUMNS = """
-SELECT s.id::text, s.owner_id, s.status, c.id, c.weight, v.predict_path, i.host_port, s.is_websocket
+SELECT s.id::text, s.owner_id, s.status, c.id, c.weight, v.predict_path, i.host_port, s.is_websocket, s.traffic_limit
 FROM services_service s
 JOIN services_serviceversionconfig c ON c.service_id = s.id
 JOIN services_aiapplicationversion v ON v.id = c.app_version_id
@@ -49,12 +49,13 @@ APP_CODES_BY_HASH_SQL = (
 )
 
 STATS_UPSERT_SQL = """
-INSERT INTO services_servicecallstat AS t (service_id, config_id, bucket_start, calls, failed, latency_hist)
-SELECT %(service_id)s, %(config_id)s, %(bucket_start)s, %(calls)s, %(failed)s, %(latency_hist)s
+INSERT INTO services_servicecallstat AS t (service_id, config_id, bucket_start, calls, failed, limited, latency_hist)
+SELECT %(service_id)s, %(config_id)s, %(bucket_start)s, %(calls)s, %(failed)s, %(limited)s, %(latency_hist)s
 WHERE EXISTS (SELECT 1 FROM services_serviceversionconfig WHERE id = %(config_id)s)
 ON CONFLICT (service_id, config_id, bucket_start) DO UPDATE SET
   calls = t.calls + excluded.calls,
   failed = t.failed + excluded.failed,
+  limited = t.limited + excluded.limited,
   latency_hist = ARRAY(
     SELECT a + b FROM unnest(t.latency_hist, excluded.latency_hist) WITH ORDINALITY AS x(a, b, n) ORDER BY n
   )
@@ -129,7 +130,7 @@ async def app_code_rows(conn: psycopg.AsyncConnection[Any], code_hashes: list[st
 async def flush_stats(
     conn: psycopg.AsyncConnection[Any], batch: dict[tuple[str, int], list[Any]], bucket_start: dt.datetime
 ) -> None:
-    """Add one interval's counts: batch maps (service_id, config_id) -> (calls, failed, histogram)."""
+    """Add one interval's counts: batch maps (service_id, config_id) -> (calls, failed, histogram, limited)."""
     if not batch:
         return
     totals: dict[str, list[int]] = {}
@@ -144,12 +145,13 @@ async def flush_stats(
                         "bucket_start": bucket_start,
                         "calls": calls,
                         "failed": failed,
+                        "limited": limited,
                         "latency_hist": histogram,
                     }
-                    for (service_id, config_id), (calls, failed, histogram) in batch.items()
+                    for (service_id, config_id), (calls, failed, histogram, limited) in batch.items()
                 ],
             )
-            for (service_id, _), (calls, failed, _) in batch.items():
+            for (service_id, _), (calls, failed, _, _) in batch.items():
                 total = totals.setdefault(service_id, [0, 0])
                 total[0] += calls
                 total[1] += failed

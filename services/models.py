@@ -75,6 +75,13 @@ class Service(models.Model):
     status_reason = models.CharField(max_length=500, blank=True)
     timeout_minutes = models.PositiveIntegerField(default=20)
     is_websocket = models.BooleanField(default=False)
+    # At most this many calls per second, over every gateway process together;
+    # the calls beyond it get 429. None: no limit.
+    traffic_limit = models.PositiveIntegerField(null=True, blank=True)
+    # Auto stop: a Running service stops by itself at auto_stop_at (set from
+    # auto_stop_hours when it turns Running; None: it runs until stopped).
+    auto_stop_hours = models.PositiveSmallIntegerField(null=True, blank=True)
+    auto_stop_at = models.DateTimeField(null=True, blank=True)
     # Running totals, added to by the gateway's once-a-second flush.
     invocation_times = models.PositiveBigIntegerField(default=0, editable=False)
     failed_times = models.PositiveBigIntegerField(default=0, editable=False)
@@ -101,6 +108,14 @@ class Service(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(fields=["owner", "name"], name="service_unique_name_per_owner"),
+            models.CheckConstraint(
+                condition=models.Q(traffic_limit__isnull=True) | models.Q(traffic_limit__gte=1, traffic_limit__lte=100_000),
+                name="service_traffic_limit_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(auto_stop_hours__isnull=True) | models.Q(auto_stop_hours__in=[1, 2, 4, 8, 24]),
+                name="service_auto_stop_hours_choices",
+            ),
             models.CheckConstraint(
                 condition=models.Q(timeout_minutes__gte=1, timeout_minutes__lte=120), name="service_timeout_range"
             ),
@@ -225,6 +240,8 @@ class ServiceCallStat(models.Model):
     bucket_start = models.DateTimeField()
     calls = models.PositiveBigIntegerField(default=0)
     failed = models.PositiveBigIntegerField(default=0)
+    # Of the failed calls, those the traffic limit refused (429).
+    limited = models.PositiveBigIntegerField(default=0)
     latency_hist = ArrayField(models.BigIntegerField(), size=LATENCY_BUCKET_COUNT)
 
     class Meta:

@@ -231,11 +231,11 @@ def test_record_counts_calls_failures_and_latency_buckets():
     stats.record(SVC_A, 10, 0.51, True)
     stats.record(SVC_A, 11, 120_000, True)  # slower than the last bound
     batch = stats.take()
-    calls, failed, histogram = batch[(SVC_A, 10)]
+    calls, failed, histogram, _ = batch[(SVC_A, 10)]
     assert (calls, failed) == (3, 1)
     assert len(histogram) == LATENCY_BUCKET_COUNT == len(LATENCY_BUCKETS_MS) + 1
     assert histogram[0] == 2 and histogram[1] == 1 and sum(histogram) == 3
-    calls, failed, histogram = batch[(SVC_A, 11)]
+    calls, failed, histogram, _ = batch[(SVC_A, 11)]
     assert (calls, failed) == (1, 1)
     assert histogram[-1] == 1 and sum(histogram) == 1
 
@@ -256,7 +256,7 @@ def test_put_back_merges_a_failed_flush_into_the_next_batch():
     stats.record(SVC_B, 20, 7, True)
     stats.put_back(failed_flush)
     batch = stats.take()
-    calls, failed, histogram = batch[(SVC_A, 10)]
+    calls, failed, histogram, _ = batch[(SVC_A, 10)]
     assert (calls, failed) == (3, 1)
     three = LATENCY_BUCKETS_MS.index(3)
     seven = LATENCY_BUCKETS_MS.index(7)
