@@ -3,58 +3,127 @@ that services.validation checks; no rules live here."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.http import QueryDict
 
-from pools.selectors import flavor_options_for_pool, pool_list_for
+from pools.selectors import FlavorOption, flavor_options_for_pool, pool_list_for
 from services.selectors import deployable_versions_for
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
 
+# The Deploy form posts one block of fields per version row. The first row's
+# fields carry the bare names the one-version form always posted (`app_version`,
+# `flavor`, …), so links, scripts and the bench that post one version still
+# work; each added row prefixes them (`r2-app_version`). `rows` lists the
+# prefixes in the order the rows stand on the page, which is the order of
+# `configs`, so `configs.<n>` errors land on the n-th row.
+ROW_PREFIX_RE = re.compile(r"^(?:r[0-9]{1,3}-)?$")
+ROW_FIELD_LABELS = {
+    "app_version": "AI application and version",
+    "weight": "Traffic ratio",
+    "flavor": "Specification",
+    "instance_count": "Compute nodes",
+    "envs": "Environment variables",
+}
+_CONFIG_ERROR_KEY = re.compile(r"^configs\.(\d+)\.(\w+)$")
+
+
+def _row_prefixes(params: QueryDict) -> list[str]:
+    """The posted row prefixes that are well formed, each once, in page order;
+    a post without any is the one-version form."""
+    prefixes = [prefix for prefix in params.getlist("rows") if ROW_PREFIX_RE.match(prefix)]
+    return list(dict.fromkeys(prefixes)) or [""]
+
+
+def _row_prefix(position: int) -> str:
+    return "" if position == 0 else f"r{position + 1}-"
+
+
 def deploy_data_from_post(post: QueryDict) -> dict[str, Any]:
-    env_rows = [
-        {"key": key.strip(), "value": value}
-        for key, value in zip(post.getlist("env_key"), post.getlist("env_value"), strict=False)
-        if key.strip() or value
-    ]
+    configs = []
+    for prefix in _row_prefixes(post):
+        env_keys = post.getlist(prefix + "env_key")
+        env_values = post.getlist(prefix + "env_value")
+        configs.append(
+            {
+                "app_version": post.get(prefix + "app_version", ""),
+                "flavor": post.get(prefix + "flavor", ""),
+                "instance_count": post.get(prefix + "instance_count", ""),
+                # Missing only from posts of the one-version form: all the traffic.
+                "weight": post.get(prefix + "weight", ""),
+                "envs": [
+                    {"key": key.strip(), "value": value}
+                    for key, value in zip(env_keys, env_values, strict=False)
+                    if key.strip() or value
+                ],
+            }
+        )
     return {
         "name": post.get("name", ""),
         "description": post.get("description", ""),
         "pool": post.get("pool", ""),
         "timeout_minutes": post.get("timeout_minutes", ""),
         "websocket": post.get("websocket") == "on",
-        "configs": [
-            {
-                "app_version": post.get("app_version", ""),
-                "flavor": post.get("flavor", ""),
-                "instance_count": post.get("instance_count", ""),
-                "weight": 100,
-                "envs": env_rows,
-            }
-        ],
+        "configs": configs,
     }
 
 
-def _flatten_errors(errors: dict[str, list[str]]) -> dict[str, list[str]]:
-    """`configs.0.flavor` → `flavor`: the wizard shows one version configuration.
-    `__all__` → `general`, since templates cannot read names starting with `_`."""
+def _split_errors(
+    errors: dict[str, list[str]], row_count: int
+) -> tuple[dict[str, list[str]], list[dict[str, list[str]]]]:
+    """The form's own errors by field (`__all__` → `general`, since templates
+    cannot read names starting with `_`), and each row's by its field
+    (`configs.1.weight` → the second row's `weight`)."""
     flat: dict[str, list[str]] = {}
+    by_row: list[dict[str, list[str]]] = [{} for _ in range(row_count)]
     for key, messages in errors.items():
-        short = key.split(".", 2)[2] if key.startswith("configs.0.") else key
-        short = "general" if short == "__all__" else short
-        flat.setdefault(short, []).extend(messages)
-    return flat
+        match = _CONFIG_ERROR_KEY.match(key)
+        if match and int(match.group(1)) < row_count:
+            by_row[int(match.group(1))].setdefault(match.group(2), []).extend(messages)
+        else:
+            flat.setdefault("general" if key == "__all__" else key, []).extend(messages)
+    return flat, by_row
+
+
+def _first_available(flavor_options: list[FlavorOption], *, is_added_row: bool) -> str:
+    # An added row makes a gray launch, which free specifications cannot serve,
+    # so it starts on the first paid one.
+    for option in flavor_options:
+        if option.is_available and not (is_added_row and option.flavor.is_free):
+            return option.flavor.code
+    return ""
+
+
+def _version_row(
+    position: int,
+    prefix: str,
+    config: dict[str, Any],
+    errors: dict[str, list[str]],
+    flavor_options: list[FlavorOption],
+    *,
+    is_added_row: bool = False,
+) -> dict[str, Any]:
+    return {
+        "prefix": prefix,
+        "number": position + 1,
+        "config": config,
+        "errors": errors,
+        "selected_flavor": config["flavor"] or _first_available(flavor_options, is_added_row=is_added_row),
+        "env_rows": list(config["envs"]) or [{"key": "", "value": ""}],
+    }
 
 
 def deploy_form_context(
     user: User, data: dict[str, Any] | None, errors: dict[str, list[str]], *, version_id: str = ""
 ) -> dict[str, Any]:
-    """The Deploy form's context; a fresh form chooses no version, unless
-    `version_id` names one of the user's Normal versions (the Deploy link of a version)."""
+    """The Deploy form's context; a fresh form has one version row that chooses
+    no version, unless `version_id` names one of the user's Normal versions (the
+    Deploy link of a version). A form sent back keeps every row as it was posted."""
     pools = list(pool_list_for(user).prefetch_related("nodes"))
     versions = list(deployable_versions_for(user))
     chosen = version_id if any(str(version.id) == version_id for version in versions) else ""
@@ -64,27 +133,67 @@ def deploy_form_context(
         "pool": str(pools[0].id) if pools else "",
         "timeout_minutes": settings.SERVICE_TIMEOUT_DEFAULT_MINUTES,
         "websocket": False,
-        "configs": [{"app_version": chosen, "flavor": "", "instance_count": 1, "envs": []}],
+        "configs": [{"app_version": chosen, "flavor": "", "instance_count": 1, "weight": 100, "envs": []}],
     }
-    config = data["configs"][0]
     selected_pool = next((pool for pool in pools if str(pool.id) == str(data["pool"])), None)
     flavor_options = flavor_options_for_pool(selected_pool)
-    selected_flavor = config["flavor"] or next((o.flavor.code for o in flavor_options if o.is_available), "")
-    env_rows = list(config["envs"]) or [{"key": "", "value": ""}]
+    form_errors, row_errors = _split_errors(errors, len(data["configs"]))
+    rows = [
+        _version_row(n, _row_prefix(n), config, row_errors[n], flavor_options)
+        for n, config in enumerate(data["configs"])
+    ]
     return {
         "data": data,
-        "config": config,
-        "errors": _flatten_errors(errors),
+        "errors": form_errors,
+        "rows": rows,
+        "is_several": len(rows) > 1,
+        # Shown atop the form, so a long form says at once which row to fix.
+        "row_error_summary": [
+            {"row": row, "field": field, "label": ROW_FIELD_LABELS.get(field, field), "message": message}
+            for row in rows
+            for field, messages in row["errors"].items()
+            for message in messages
+        ]
+        if len(rows) > 1
+        else [],
         "pools": pools,
         "has_public_pool": any(pool.is_public for pool in pools),
         "flavor_options": flavor_options,
-        "selected_flavor": selected_flavor,
         "versions": versions,
-        "env_rows": env_rows,
         "max_instances": settings.MAX_INSTANCES_PER_VERSION,
+        "max_rows": settings.MAX_CONFIGS_PER_SERVICE,
         "timeout_min": settings.SERVICE_TIMEOUT_MIN_MINUTES,
         "timeout_max": settings.SERVICE_TIMEOUT_MAX_MINUTES,
     }
+
+
+def deploy_added_row_context(user: User, params: QueryDict) -> dict[str, Any]:
+    """The context of one version row added to the Deploy form: its prefix is
+    one no row on the page uses, its specifications are those of the pool chosen now."""
+    taken = _row_prefixes(params)
+    number = 1 + max(int(prefix[1:-1]) if prefix else 1 for prefix in taken)
+    pool_id = params.get("pool", "")
+    pool = pool_list_for(user).filter(id=pool_id).prefetch_related("nodes").first() if pool_id.isdigit() else None
+    flavor_options = flavor_options_for_pool(pool)
+    config = {"app_version": "", "flavor": "", "instance_count": 1, "weight": 0, "envs": []}
+    return {
+        "row": _version_row(len(taken), f"r{number}-", config, {}, flavor_options, is_added_row=True),
+        "is_several": True,
+        "flavor_options": flavor_options,
+        "versions": list(deployable_versions_for(user)),
+        "max_instances": settings.MAX_INSTANCES_PER_VERSION,
+    }
+
+
+def deploy_flavors_context(user: User, params: QueryDict) -> dict[str, Any]:
+    """Each row's specifications for the pool chosen now, keeping the one each row had checked."""
+    pool_id = params.get("pool", "")
+    pool = pool_list_for(user).filter(id=pool_id).prefetch_related("nodes").first() if pool_id.isdigit() else None
+    flavor_options = flavor_options_for_pool(pool)
+    rows = [
+        {"prefix": prefix, "selected_flavor": params.get(prefix + "flavor", "")} for prefix in _row_prefixes(params)
+    ]
+    return {"flavor_options": flavor_options, "rows": rows}
 
 
 def version_data_from_post(post: QueryDict) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 The Deploy form and the REST API both turn their input into the plain
 structure `parse_deploy_request` takes, so a rule reads the same everywhere.
 Error keys are field names; a version configuration's fields are keyed
-`configs.<n>.<field>`.
+`configs.<n>.<field>`, and a rule across configurations is named on the row
+and field to change (the Deploy form shows it there).
 """
 
 from __future__ import annotations
@@ -224,10 +225,17 @@ def parse_deploy_request(*, owner: User, data: Mapping[str, Any]) -> DeployReque
 
     flavor_options = {option.flavor.code: option for option in flavor_options_for_pool(pool)} if pool else {}
     configs: list[VersionConfigRequest] = []
+    row_versions: list[AIApplicationVersion | None] = []
     for n, raw in enumerate(raw_configs):
-        config = _parse_config_row(raw, errors, f"configs.{n}.", owner=owner, pool=pool, flavor_options=flavor_options)
+        app_version, config = _parse_config_row(
+            raw, errors, f"configs.{n}.", owner=owner, pool=pool, flavor_options=flavor_options
+        )
+        row_versions.append(app_version)
         if config is not None:
             configs.append(config)
+    # Which versions the rows name is checked even when another field of a row
+    # is bad, so a user learns of a repeated version in the same answer.
+    _check_versions_together(row_versions, errors)
     if raw_configs and len(configs) == len(raw_configs):
         _check_configs_together(configs, errors, is_websocket=is_websocket)
 
@@ -273,12 +281,13 @@ def _parse_config_row(
     owner: User,
     pool: ResourcePool | None,
     flavor_options: dict[str, FlavorOption],
-) -> VersionConfigRequest | None:
+) -> tuple[AIApplicationVersion | None, VersionConfigRequest | None]:
     """One row of `configs` (a version with its traffic ratio, specification,
-    compute nodes and environment), or None when any of its fields is bad."""
+    compute nodes and environment): its version, or None when that is bad, and
+    the whole row, or None when any of its fields is bad."""
     if not isinstance(raw, Mapping):
         errors.add(prefix + "app_version", "Each version configuration must be an object.")
-        return None
+        return None, None
     app_version = _parse_app_version(raw.get("app_version"), errors, prefix + "app_version", owner=owner)
 
     flavor = None
@@ -306,8 +315,8 @@ def _parse_config_row(
     weight = _as_int(raw.get("weight"), errors, prefix + "weight", "Traffic ratio (%)", 0, 100, default=100)
     envs = parse_envs(raw.get("envs"), errors, prefix + "envs")
     if app_version and flavor and instance_count is not None and weight is not None:
-        return VersionConfigRequest(app_version, flavor, instance_count, weight, envs)
-    return None
+        return app_version, VersionConfigRequest(app_version, flavor, instance_count, weight, envs)
+    return app_version, None
 
 
 def _parse_app_version(version_ref: Any, errors: _Errors, key: str, *, owner: User) -> AIApplicationVersion | None:
@@ -332,13 +341,40 @@ def _parse_app_version(version_ref: Any, errors: _Errors, key: str, *, owner: Us
     return app_version
 
 
+def _check_versions_together(versions: list[AIApplicationVersion | None], errors: _Errors) -> None:
+    """Each version once, all of one AI application (the first row's): a service
+    splits its traffic between versions of one model. Named on the later row."""
+    first = next((version for version in versions if version is not None), None)
+    seen: set[int] = set()
+    for n, version in enumerate(versions):
+        if version is None or first is None:
+            continue
+        if version.id in seen:
+            errors.add(f"configs.{n}.app_version", f"{version} is chosen twice; choose each version once.")
+        elif version.application_id != first.application_id:
+            errors.add(
+                f"configs.{n}.app_version",
+                f"All versions of a service must be of one AI application ({first.application.name}); "
+                f"{version} is not.",
+            )
+        seen.add(version.id)
+
+
 def _check_configs_together(configs: list[VersionConfigRequest], errors: _Errors, *, is_websocket: bool) -> None:
-    """The rules that hold across rows: ratios sum to 100, no free gray launch, WebSocket-compliant versions."""
+    """The rules that hold across rows, each named on a row: ratios sum to 100
+    (named on the last row's ratio, the one a user sets last), no free
+    specification in a gray launch (named on each free row), WebSocket-compliant versions."""
     total = sum(config.weight for config in configs)
     if total != 100:
-        errors.add("configs", f"Traffic ratios must add up to 100%; they add up to {total}%.")
-    if len(configs) > 1 and any(config.flavor.is_free for config in configs):
-        errors.add("configs", "Free specifications do not support a gray launch of several versions.")
+        errors.add(
+            f"configs.{len(configs) - 1}.weight", f"Traffic ratios must add up to 100%; they add up to {total}%."
+        )
+    if len(configs) > 1:
+        for n, config in enumerate(configs):
+            if config.flavor.is_free:
+                errors.add(
+                    f"configs.{n}.flavor", "Free specifications do not support a gray launch of several versions."
+                )
     if is_websocket:
         for config in configs:
             version = config.app_version

@@ -18,11 +18,16 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from access import actions as access_actions
 from access import selectors as access_selectors
 from console.http import ConsoleRequest
-from pools.selectors import flavor_options_for_pool, pool_list_for
 from services import actions, logs, prediction, selectors
 from services.charts import calls_bar_chart
 from services.choices import ServiceStatus
-from services.forms import deploy_data_from_post, deploy_form_context, version_data_from_post
+from services.forms import (
+    deploy_added_row_context,
+    deploy_data_from_post,
+    deploy_flavors_context,
+    deploy_form_context,
+    version_data_from_post,
+)
 from services.models import Service
 from services.validation import RequestInvalid, parse_deploy_request, parse_version_request
 
@@ -83,6 +88,10 @@ def service_deploy(request: ConsoleRequest) -> HttpResponse:
         else:
             messages.success(request, f"Service {service.name} is deploying.", extra_tags=TRANSIENT)
             return redirect("services:list")
+    elif request.htmx and "add_row" in request.GET:
+        # "Add AI application version and configuration": one more row, in place.
+        context = deploy_added_row_context(request.user, request.GET)
+        return render(request, "services/service_deploy.html#version_row", context)
     else:
         data = None
     context = deploy_form_context(request.user, data, errors, version_id=request.GET.get("version", ""))
@@ -97,10 +106,10 @@ TRANSIENT = "transient"
 @login_required
 @require_GET
 def service_deploy_flavors(request: ConsoleRequest) -> HttpResponse:
-    pool_id = request.GET.get("pool", "")
-    pool = pool_list_for(request.user).filter(id=pool_id).first() if pool_id.isdigit() else None
-    context = {"flavor_options": flavor_options_for_pool(pool), "selected_flavor": request.GET.get("flavor", "")}
-    return render(request, "services/service_deploy.html#flavors", context)
+    """Every version row's specifications for the chosen pool, each row's block
+    swapped out of band and keeping the one it had checked."""
+    context = deploy_flavors_context(request.user, request.GET)
+    return render(request, "services/service_deploy.html#flavors_for_rows", context)
 
 
 DETAIL_TABS = {

@@ -189,18 +189,39 @@ def _no_pool_at_all(ctx):
     return body, form_data(ctx, pool=""), "pool_name", "pool"
 
 
-def _two_free_versions(ctx):
+def _two_versions(ctx, second, first_spec="cpu.1u512m", second_spec="cpu.1u512m", weights=(50, 50)):
+    """A gray launch of ctx.version and `second`, as the API and the form send it."""
     body = api_body(ctx)
     body["config"] = [
-        {"model_id": ctx.version.id, "specification": "cpu.1u1g.free", "weight": 50},
-        {"model_id": ctx.version2.id, "specification": "cpu.1u1g.free", "weight": 50},
+        {"model_id": ctx.version.id, "specification": first_spec, "weight": weights[0]},
+        {"model_id": second.id, "specification": second_spec, "weight": weights[1]},
     ]
     data = form_data(ctx)
     data["configs"] = [
-        {"app_version": ctx.version.id, "flavor": "cpu.1u1g.free", "weight": 50},
-        {"app_version": ctx.version2.id, "flavor": "cpu.1u1g.free", "weight": 50},
+        {"app_version": ctx.version.id, "flavor": first_spec, "weight": weights[0]},
+        {"app_version": second.id, "flavor": second_spec, "weight": weights[1]},
     ]
-    return body, data, "config", "configs"
+    return body, data
+
+
+def _second_config_free(ctx):
+    return (
+        *_two_versions(ctx, ctx.version2, second_spec="cpu.1u1g.free"),
+        "config[1].specification",
+        "configs.1.flavor",
+    )
+
+
+def _second_config_repeats_the_first_version(ctx):
+    return (*_two_versions(ctx, ctx.version), "config[1].model_id", "configs.1.app_version")
+
+
+def _second_config_of_another_application(ctx):
+    return (*_two_versions(ctx, ctx.ws_version), "config[1].model_id", "configs.1.app_version")
+
+
+def _two_configs_adding_up_to_90(ctx):
+    return (*_two_versions(ctx, ctx.version2, weights=(60, 30)), "config[1].weight", "configs.1.weight")
 
 
 def _second_config_bad_specification(ctx):
@@ -273,13 +294,12 @@ CASES = {
     "instance_count fractional": _config("instance_count", "instance_count", 1.5),
     "weight above 100": _config("weight", "weight", 101),
     "weight negative": _config("weight", "weight", -1),
-    "weights not adding up to 100": lambda ctx: (
-        api_body(ctx, first_config={"weight": 60}),
-        form_data(ctx, first_config={"weight": 60}),
-        "config",
-        "configs",
-    ),
-    "free specification in a gray launch": _two_free_versions,
+    "weight not a whole number": _config("weight", "weight", 99.5),
+    "weight not adding up to 100": _config("weight", "weight", 60),
+    "weights of two configs not adding up to 100": _two_configs_adding_up_to_90,
+    "free specification in a gray launch": _second_config_free,
+    "version chosen twice": _second_config_repeats_the_first_version,
+    "versions of two applications": _second_config_of_another_application,
     "second config's specification": _second_config_bad_specification,
     "env name invalid": _config("envs", "envs", {"1BAD": "x"}),
     "env name empty": _config("envs", "envs", [{"key": " ", "value": "x"}]),

@@ -89,6 +89,7 @@ FIELD_INPUTS = {
     "app_version": "app_version",
     "flavor": "flavor",
     "instance_count": "instance_count",
+    "weight": "weight",
     "envs": "env_key",
     "timeout_minutes": "timeout_minutes",
     "websocket": "websocket",
@@ -103,9 +104,21 @@ def field_block(response, message: str) -> str:
     return blocks[0]
 
 
-def assert_refused(response, field: str, message: str, before) -> None:
+# Fields of a version row: their errors belong to that row.
+ROW_FIELDS = {"app_version", "weight", "flavor", "instance_count", "envs"}
+
+
+def first_input_name(block: str) -> str:
+    """The name of the first input or select in a field's markup."""
+    match = re.search(r'<(?:input|select|textarea)\b[^>]*?\bname="([^"]+)"', block)
+    assert match, "the field has no input"
+    return match.group(1)
+
+
+def assert_refused(response, field: str, message: str, before, *, row: int = 0) -> None:
     assert response.status_code == 400
-    assert message in response.context["errors"][field]
+    errors = response.context["rows"][row]["errors"] if field in ROW_FIELDS else response.context["errors"]
+    assert message in errors[field]
     assert message in page_text(response)
     if field == "general":
         form_errors = re.search(r'<div class="form-errors" role="alert">(.*?)</div>', response.content.decode(), re.S)
@@ -114,7 +127,8 @@ def assert_refused(response, field: str, message: str, before) -> None:
         block = field_block(response, message)
         assert block.startswith(' invalid"')
         if field in FIELD_INPUTS:
-            assert f'name="{FIELD_INPUTS[field]}"' in block
+            prefix = f"r{row + 1}-" if row else ""
+            assert first_input_name(block) == prefix + FIELD_INPUTS[field]
     assert stored() == before
 
 
@@ -580,7 +594,8 @@ def test_deploy_rejects_ratios_not_summing_to_100(owner, pool, flavors, two_vers
     with pytest.raises(RequestInvalid) as refused:
         parse_deploy_request(owner=owner, data=two_config_data(two_versions, (50, 40)))
 
-    assert refused.value.errors == {"configs": ["Traffic ratios must add up to 100%; they add up to 90%."]}
+    # Named on the last row's ratio: the one a user sets last.
+    assert refused.value.errors == {"configs.1.weight": ["Traffic ratios must add up to 100%; they add up to 90%."]}
 
 
 def test_deploy_rejects_a_single_version_below_100_percent(owner, pool, flavors, demo_version):
@@ -590,7 +605,7 @@ def test_deploy_rejects_a_single_version_below_100_percent(owner, pool, flavors,
     with pytest.raises(RequestInvalid) as refused:
         parse_deploy_request(owner=owner, data=data)
 
-    assert refused.value.errors == {"configs": ["Traffic ratios must add up to 100%; they add up to 60%."]}
+    assert refused.value.errors == {"configs.0.weight": ["Traffic ratios must add up to 100%; they add up to 60%."]}
 
 
 def test_deploy_accepts_two_versions_splitting_traffic(owner, pool, flavors, two_versions):
@@ -599,12 +614,86 @@ def test_deploy_accepts_two_versions_splitting_traffic(owner, pool, flavors, two
     assert [(c.app_version, c.weight) for c in request.configs] == [(two_versions[0], 70), (two_versions[1], 30)]
 
 
-def test_deploy_refuses_a_free_flavor_with_several_versions(owner, pool, flavors, two_versions):
+def test_deploy_refuses_a_free_flavor_with_several_versions_on_each_free_row(owner, pool, flavors, two_versions):
     with pytest.raises(RequestInvalid) as refused:
         parse_deploy_request(owner=owner, data=two_config_data(two_versions, (50, 50), flavor="cpu.1u1g.free"))
 
     message = "Free specifications do not support a gray launch of several versions."
-    assert refused.value.errors == {"configs": [message]}
+    assert refused.value.errors == {"configs.0.flavor": [message], "configs.1.flavor": [message]}
+
+
+def test_deploy_names_the_one_free_row_of_a_gray_launch(owner, pool, flavors, two_versions):
+    data = two_config_data(two_versions, (50, 50))
+    data["configs"][1]["flavor"] = "cpu.1u1g.free"
+
+    with pytest.raises(RequestInvalid) as refused:
+        parse_deploy_request(owner=owner, data=data)
+
+    assert refused.value.errors == {
+        "configs.1.flavor": ["Free specifications do not support a gray launch of several versions."]
+    }
+
+
+def test_deploy_rejects_a_version_chosen_twice_on_the_later_row(owner, pool, flavors, demo_version):
+    with pytest.raises(RequestInvalid) as refused:
+        parse_deploy_request(owner=owner, data=two_config_data((demo_version, demo_version), (50, 50)))
+
+    assert refused.value.errors == {
+        "configs.1.app_version": ["demo-model 1.0.0 is chosen twice; choose each version once."]
+    }
+
+
+def test_deploy_rejects_versions_of_two_applications_on_the_row_of_the_other_one(owner, pool, flavors, demo_version):
+    other = make_version(owner, application_name="other-model", version="1.0.0")
+
+    with pytest.raises(RequestInvalid) as refused:
+        parse_deploy_request(owner=owner, data=two_config_data((demo_version, other), (50, 50)))
+
+    assert refused.value.errors == {
+        "configs.1.app_version": [
+            "All versions of a service must be of one AI application (demo-model); other-model 1.0.0 is not."
+        ]
+    }
+
+
+def test_deploy_names_a_repeated_version_even_when_another_field_of_its_row_is_bad(owner, pool, flavors, demo_version):
+    data = two_config_data((demo_version, demo_version), (50, 50))
+    data["configs"][1]["instance_count"] = 0
+
+    with pytest.raises(RequestInvalid) as refused:
+        parse_deploy_request(owner=owner, data=data)
+
+    assert refused.value.errors == {
+        "configs.1.app_version": ["demo-model 1.0.0 is chosen twice; choose each version once."],
+        "configs.1.instance_count": ["Compute nodes must be between 1 and 128."],
+    }
+
+
+def test_deploy_accepts_a_version_with_no_traffic(owner, pool, flavors, two_versions):
+    request = parse_deploy_request(owner=owner, data=two_config_data(two_versions, (100, 0)))
+
+    assert [c.weight for c in request.configs] == [100, 0]
+
+
+@pytest.mark.parametrize(
+    ("weight", "message"),
+    [
+        ("70.5", "Traffic ratio (%) must be a whole number."),
+        (70.5, "Traffic ratio (%) must be a whole number."),
+        (101, "Traffic ratio (%) must be between 0 and 100."),
+        (-1, "Traffic ratio (%) must be between 0 and 100."),
+    ],
+)
+def test_deploy_rejects_a_ratio_that_is_not_a_whole_number_from_0_to_100(
+    owner, pool, flavors, two_versions, weight, message
+):
+    data = two_config_data(two_versions, (30, 70))
+    data["configs"][0]["weight"] = weight
+
+    with pytest.raises(RequestInvalid) as refused:
+        parse_deploy_request(owner=owner, data=data)
+
+    assert refused.value.errors == {"configs.0.weight": [message]}
 
 
 def test_deploy_accepts_a_free_flavor_with_one_version(owner, pool, flavors, demo_version):
@@ -631,3 +720,302 @@ def test_deploy_rejects_a_request_without_configurations(owner, pool, flavors, d
         parse_deploy_request(owner=owner, data=data)
 
     assert refused.value.errors == {"configs": ["Choose at least one AI application version."]}
+
+
+# --- Several version rows in the wizard ----------------------------------------------
+
+
+@pytest.fixture
+def second_version(owner, demo_version):
+    return make_version(owner, version="2.0.0")
+
+
+def with_rows(form: dict, *rows: dict) -> dict:
+    """The form with its first row as `form` has it plus `rows`, as the page
+    posts them once rows were added: the first row's fields keep their bare
+    names, the n-th row's are prefixed `r<n>-`, and `rows` lists the prefixes."""
+    posted = {**form, "rows": [""] + [f"r{n}-" for n in range(2, len(rows) + 2)]}
+    for n, row in enumerate(rows, start=2):
+        posted.update({f"r{n}-{field}": value for field, value in row.items()})
+    return posted
+
+
+def second_row(version, **fields) -> dict:
+    return {
+        "app_version": str(version.id),
+        "weight": "30",
+        "flavor": "cpu.1u512m",
+        "instance_count": "1",
+        "env_key": [""],
+        "env_value": [""],
+        **fields,
+    }
+
+
+def test_two_rows_at_70_30_store_a_service_with_two_configurations_in_order(
+    owner_client, form, demo_version, second_version, flavors
+):
+    posted = with_rows(
+        {**form, "weight": "70", "env_key": ["MODE", ""], "env_value": ["old", ""]},
+        second_row(second_version, instance_count="2", env_key=["MODE", "EXTRA"], env_value=["new", "1"]),
+    )
+
+    response = owner_client.post(reverse("services:deploy"), posted)
+
+    assert response.status_code == 302
+    assert response.url == reverse("services:list")
+    service = Service.objects.get()
+    assert service.status == ServiceStatus.DEPLOYING
+    configs = list(service.configs.order_by("position"))
+    assert [(c.position, c.app_version, c.weight, c.flavor, c.instance_count, c.envs) for c in configs] == [
+        (0, demo_version, 70, flavors["small"], 1, {"MODE": "old"}),
+        (1, second_version, 30, flavors["small"], 2, {"MODE": "new", "EXTRA": "1"}),
+    ]
+
+
+def test_rows_are_stored_in_page_order_whatever_their_prefixes(owner_client, form, demo_version, second_version):
+    # The first row was removed and two were added: the page posts r3- before r2-.
+    posted = {
+        "name": "svc-one",
+        "pool": form["pool"],
+        "timeout_minutes": "20",
+        "rows": ["r3-", "r2-"],
+        "r3-app_version": str(second_version.id),
+        "r3-weight": "90",
+        "r3-flavor": "cpu.1u512m",
+        "r3-instance_count": "1",
+        "r2-app_version": str(demo_version.id),
+        "r2-weight": "10",
+        "r2-flavor": "cpu.1u512m",
+        "r2-instance_count": "1",
+    }
+
+    assert owner_client.post(reverse("services:deploy"), posted).status_code == 302
+
+    configs = Service.objects.get().configs.order_by("position")
+    assert [(c.app_version, c.weight) for c in configs] == [(second_version, 90), (demo_version, 10)]
+
+
+ROW_RULES = {
+    "ratios not adding up to 100": (
+        lambda form, demo, second: with_rows({**form, "weight": "60"}, second_row(second)),
+        "weight",
+        "Traffic ratio",
+        "Traffic ratios must add up to 100%; they add up to 90%.",
+    ),
+    "a version chosen twice": (
+        lambda form, demo, second: with_rows({**form, "weight": "70"}, second_row(demo)),
+        "app_version",
+        "AI application and version",
+        "demo-model 1.0.0 is chosen twice; choose each version once.",
+    ),
+    "versions of two AI applications": (
+        lambda form, demo, second: with_rows(
+            {**form, "weight": "70"},
+            second_row(make_version(demo.application.owner, application_name="other-model", version="9.0.0")),
+        ),
+        "app_version",
+        "AI application and version",
+        "All versions of a service must be of one AI application (demo-model); other-model 9.0.0 is not.",
+    ),
+    "a free specification with two rows": (
+        lambda form, demo, second: with_rows({**form, "weight": "70"}, second_row(second, flavor="cpu.1u1g.free")),
+        "flavor",
+        "Specification",
+        "Free specifications do not support a gray launch of several versions.",
+    ),
+    "a ratio that is not a whole number": (
+        lambda form, demo, second: with_rows({**form, "weight": "70"}, second_row(second, weight="30.5")),
+        "weight",
+        "Traffic ratio",
+        "Traffic ratio (%) must be a whole number.",
+    ),
+    "a bad environment variable in the second row": (
+        lambda form, demo, second: with_rows(
+            {**form, "weight": "70"}, second_row(second, env_key=["1BAD"], env_value=["x"])
+        ),
+        "envs",
+        "Environment variables",
+        "Environment variable name '1BAD' is not valid: use letters, digits and '_', "
+        "not starting with a digit (at most 128 characters).",
+    ),
+}
+
+
+@pytest.mark.parametrize("rule", ROW_RULES.values(), ids=ROW_RULES.keys())
+def test_a_rule_broken_by_the_second_row_is_shown_on_that_row_and_field(
+    owner_client, form, demo_version, second_version, rule
+):
+    make_posted, field, label, message = rule
+    posted = make_posted(form, demo_version, second_version)
+    before = stored()
+
+    response = owner_client.post(reverse("services:deploy"), posted)
+
+    assert_refused(response, field, message, before, row=1)
+    assert response.context["rows"][0]["errors"] == {}
+    # Atop the form too, naming the row and field, with a link to that field.
+    summary = re.search(r'<div class="form-errors" role="alert">(.*?)</div>', response.content.decode(), re.S)
+    assert summary
+    assert (
+        f'<p class="row-error"><a href="#r2-{field}-field">Row 2 · {label}</a>: {escape(message)}</p>'
+        in summary.group(1)
+    )
+
+
+def test_errors_of_two_rows_are_each_shown_on_their_own_row(owner_client, form, second_version):
+    posted = with_rows({**form, "weight": "70", "instance_count": "0"}, second_row(second_version, flavor="cpu.64u8g"))
+
+    response = owner_client.post(reverse("services:deploy"), posted)
+
+    rows = response.context["rows"]
+    assert rows[0]["errors"] == {"instance_count": ["Compute nodes must be between 1 and 128."]}
+    assert list(rows[1]["errors"]) == ["flavor"]
+    assert first_input_name(field_block(response, "Compute nodes must be between 1 and 128.")) == "instance_count"
+    assert first_input_name(field_block(response, rows[1]["errors"]["flavor"][0])) == "r2-flavor"
+    assert stored() == (0, 0, 0, 0)
+
+
+def test_a_refused_form_keeps_every_row_as_typed(owner_client, form, demo_version, second_version):
+    third = make_version(demo_version.application.owner, version="3.0.0")
+    posted = with_rows(
+        {**form, "name": "1bad", "weight": "50", "instance_count": "3", "env_key": ["A"], "env_value": ["1"]},
+        second_row(second_version, weight="30", instance_count="2", env_key=["B", "C"], env_value=["2", "3"]),
+        second_row(third, weight="20", env_key=[""], env_value=[""]),
+    )
+
+    response = owner_client.post(reverse("services:deploy"), posted)
+
+    assert response.status_code == 400
+    inputs = parse_inputs(response)
+    values = {i["name"]: i.get("value") for i in inputs.inputs if i.get("name") and i.get("type") != "radio"}
+    assert [i["value"] for i in inputs.inputs if i.get("name") == "rows"] == ["", "r2-", "r3-"]
+    assert (values["weight"], values["r2-weight"], values["r3-weight"]) == ("50", "30", "20")
+    assert (values["instance_count"], values["r2-instance_count"]) == ("3", "2")
+    assert [i["value"] for i in inputs.inputs if i.get("name") == "r2-env_key"] == ["B", "C"]
+    assert [i["value"] for i in inputs.inputs if i.get("name") == "r2-env_value"] == ["2", "3"]
+    selected = {o["select"]: o["value"] for o in inputs.options if "selected" in o}
+    assert selected == {
+        "app_version": str(demo_version.id),
+        "r2-app_version": str(second_version.id),
+        "r3-app_version": str(third.id),
+    }
+    assert "checked" in radios(response, "r2-flavor")["cpu.1u512m"]
+    # Several rows: each shows its heading, its ratio and its Remove button.
+    assert response.context["is_several"] is True
+    assert "data-several-only hidden" not in response.content.decode()
+
+
+def test_a_fresh_form_has_one_row_with_all_the_traffic_and_no_version(owner_client, pool, flavors, demo_version):
+    response = owner_client.get(reverse("services:deploy"))
+
+    inputs = parse_inputs(response)
+    assert [i["value"] for i in inputs.inputs if i.get("name") == "rows"] == [""]
+    weight = next(i for i in inputs.inputs if i.get("name") == "weight")
+    assert weight["value"] == "100"
+    # One row takes all the traffic: its ratio, heading and Remove stay hidden.
+    content = response.content.decode()
+    assert re.search(r'id="weight-field" data-several-only\s+hidden', content)
+    assert re.search(r'class="version-row-head" data-several-only\s+hidden', content)
+    assert not [o for o in inputs.options if o["select"] == "app_version" and "selected" in o]
+    assert "Add AI application version and configuration" in page_text(response)
+
+
+def test_the_deploy_link_of_a_version_fills_the_first_row(owner_client, pool, flavors, demo_version, second_version):
+    response = owner_client.get(reverse("services:deploy"), {"version": second_version.id})
+
+    selected = [o["value"] for o in parse_inputs(response).options if "selected" in o]
+    assert selected == [str(second_version.id)]
+
+
+def test_the_deploy_link_of_another_users_version_fills_nothing(owner_client, pool, flavors, other_user):
+    theirs = make_version(other_user)
+
+    response = owner_client.get(reverse("services:deploy"), {"version": theirs.id})
+
+    assert [o for o in parse_inputs(response).options if "selected" in o] == []
+
+
+def add_row(client, **params):
+    return client.get(reverse("services:deploy"), {"add_row": "1", **params}, HTTP_HX_REQUEST="true")
+
+
+def test_adding_a_row_returns_one_empty_row_under_a_new_prefix(owner_client, pool, flavors, demo_version):
+    response = add_row(owner_client, pool=pool.id, rows=["", "r2-", "r5-"])
+
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert "<html" not in content and "deploy-form" not in content
+    assert content.count('class="version-row"') == 1
+    inputs = parse_inputs(response)
+    assert [i["value"] for i in inputs.inputs if i.get("name") == "rows"] == ["r6-"]
+    assert next(i for i in inputs.inputs if i.get("name") == "r6-weight")["value"] == "0"
+    assert not [o for o in inputs.options if "selected" in o]  # no version is chosen for the user
+    options = radios(response, "r6-flavor")
+    # A second row makes a gray launch, which a free specification cannot serve.
+    assert "checked" in options["cpu.1u512m"] and "checked" not in options["cpu.1u1g.free"]
+    assert "disabled" in options["cpu.64u8g"]
+    assert response.context["row"]["number"] == 4
+
+
+def test_adding_a_row_offers_the_specifications_of_the_chosen_pool(owner_client, owner, pool, flavors):
+    big = ResourcePool.objects.create(name="big-one", is_public=False, owner=owner)
+    add_node(big, "big-1", cpus=64, memory_mib=65536)
+
+    response = add_row(owner_client, pool=big.id, rows=[""])
+
+    assert "disabled" not in radios(response, "r2-flavor")["cpu.64u8g"]
+
+
+def test_adding_a_row_on_another_users_pool_offers_no_specification(owner_client, other_user, flavors):
+    theirs = ResourcePool.objects.create(name="theirs", is_public=False, owner=other_user)
+    add_node(theirs, "theirs-1", cpus=64, memory_mib=65536)
+
+    response = add_row(owner_client, pool=theirs.id, rows=[""])
+
+    assert all("disabled" in option for option in radios(response, "r2-flavor").values())
+
+
+def test_adding_a_row_ignores_malformed_prefixes(owner_client, pool, flavors):
+    response = add_row(owner_client, pool=pool.id, rows=['"><script>', "r2-"])
+
+    assert [i["value"] for i in parse_inputs(response).inputs if i.get("name") == "rows"] == ["r3-"]
+    assert "<script>" not in response.content.decode()
+
+
+def test_the_add_row_request_without_htmx_is_the_whole_page(owner_client, pool, flavors):
+    response = owner_client.get(reverse("services:deploy"), {"add_row": "1"})
+
+    assert response.status_code == 200
+    assert 'id="deploy-form"' in response.content.decode()
+
+
+def test_a_pool_change_refreshes_every_rows_specifications_keeping_their_choice(owner_client, owner, pool, flavors):
+    big = ResourcePool.objects.create(name="big-one", is_public=False, owner=owner)
+    add_node(big, "big-1", cpus=64, memory_mib=65536)
+
+    response = owner_client.get(
+        reverse("services:deploy_flavors"),
+        {"pool": big.id, "rows": ["", "r3-"], "flavor": "cpu.1u512m", "r3-flavor": "cpu.64u8g"},
+    )
+
+    content = response.content.decode()
+    assert '<div id="flavor-options" class="flavors" hx-swap-oob="true">' in content
+    assert '<div id="r3-flavor-options" class="flavors" hx-swap-oob="true">' in content
+    assert "checked" in radios(response, "flavor")["cpu.1u512m"]
+    assert "checked" in radios(response, "r3-flavor")["cpu.64u8g"]
+    assert "disabled" not in radios(response, "r3-flavor")["cpu.64u8g"]
+
+
+def test_too_many_rows_are_refused_atop_the_form(owner_client, form, settings, second_version):
+    settings.MAX_CONFIGS_PER_SERVICE = 1
+    before = stored()
+
+    response = owner_client.post(
+        reverse("services:deploy"), with_rows({**form, "weight": "70"}, second_row(second_version))
+    )
+
+    message = "At most 1 AI application versions per service; the request has 2."
+    assert response.status_code == 400
+    assert response.context["errors"]["configs"] == [message]
+    assert stored() == before
