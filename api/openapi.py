@@ -177,6 +177,18 @@ def _schemas() -> dict[str, Any]:
                     "default": settings.SERVICE_TIMEOUT_DEFAULT_MINUTES,
                 },
                 "websocket": {"type": "boolean", "default": False},
+                "traffic_limit": {
+                    "type": ["integer", "null"],
+                    "minimum": 1,
+                    "maximum": 100_000,
+                    "description": "At most this many calls per second (all gateway processes together); "
+                    "the rest get 429. Not for WebSocket services. Default: no limit.",
+                },
+                "auto_stop_hours": {
+                    "type": ["integer", "null"],
+                    "enum": [1, 2, 4, 8, 24, None],
+                    "description": "Stop the service by itself this many hours after it turns Running. Default: never.",
+                },
             },
             "required": ["service_name", "config"],
         },
@@ -235,6 +247,9 @@ def _schemas() -> dict[str, Any]:
                 "error_msg": {"type": "string", "description": "Why the service is in its status, if it says."},
                 "timeout_minutes": {"type": "integer"},
                 "websocket": {"type": "boolean"},
+                "traffic_limit": {"type": ["integer", "null"]},
+                "auto_stop_hours": {"type": ["integer", "null"]},
+                "auto_stop_at": {**timestamp, "type": ["integer", "null"], "description": "When it stops by itself."},
                 "create_at": timestamp,
             },
         },

@@ -25,6 +25,8 @@ SERVICE_FIELDS = {
     "pool": "pool_name",
     "timeout_minutes": "timeout_minutes",
     "websocket": "websocket",
+    "traffic_limit": "traffic_limit",
+    "auto_stop_hours": "auto_stop_hours",
     "configs": "config",
 }
 SERVICE_CONFIG_FIELDS = {
@@ -109,6 +111,8 @@ def deploy_data_from_api(user: User, body: Mapping[str, Any]) -> dict[str, Any]:
         "pool": _default_pool_ref(user, body),
         "timeout_minutes": body.get("timeout_minutes"),
         "websocket": body.get("websocket", False),
+        "traffic_limit": body.get("traffic_limit"),
+        "auto_stop_hours": body.get("auto_stop_hours"),
         "configs": configs,
     }
 

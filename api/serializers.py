@@ -96,6 +96,9 @@ def service_summary(service: Service) -> dict[str, Any]:
         "error_msg": service.status_reason,
         "timeout_minutes": service.timeout_minutes,
         "websocket": service.is_websocket,
+        "traffic_limit": service.traffic_limit,
+        "auto_stop_hours": service.auto_stop_hours,
+        "auto_stop_at": epoch_ms(service.auto_stop_at) if service.auto_stop_at else None,
         "create_at": epoch_ms(service.created_at),
     }
 

@@ -11,9 +11,13 @@ In one run it
   * runs wrk with the same POST body (a Lua script) at 32 connections (2
     threads) and at 1 connection against each path: the container's /predict,
     nginx's /predict and the gateway's /v1/infers/<service_id>;
+  * turns data collection on for the service (100 % of calls, request and
+    response) and runs the gateway path again ("collect"), unless --no-collection;
   * prints requests/s and p50/p99 latency of each, the gateway's throughput as
     a ratio of nginx's at 32 connections and the p50 it adds over the direct
-    path at 1 connection, against the targets (>= 0.25; <= 0.7 ms);
+    path at 1 connection, against the targets (>= 0.25; <= 0.7 ms), and the
+    gateway's throughput with collection at 100 % as a ratio of it without
+    (>= 0.9), with the records stored and dropped;
   * stops nginx and the gateway it started and deletes the service, its
     container and everything else it created.
 
@@ -22,7 +26,7 @@ installs wrk and nginx with `scripts/bootstrap.sh bench-tools` when they are mis
 With another DATABASE_NAME than the console's, set CONSOLE_ID too, or a running
 console's reconcile loop takes the benchmark's container for an orphan.
 
-    .venv/bin/python bench/gateway.py [--duration 10] [--gateway-url http://127.0.0.1:8001] [--check]
+    .venv/bin/python bench/gateway.py [--duration 10] [--gateway-url http://127.0.0.1:8001] [--no-collection] [--check]
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ IMAGE = "rts-demo-model:1.0.0"
 BODY = '{"data": [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3]]}'
 TARGET_RATIO_32 = 0.25
 TARGET_ADDED_P50_MS = 0.7
+TARGET_COLLECT_RATIO_32 = 0.9
 
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -243,6 +248,26 @@ class ServiceFixture:
         token = access_token_create(owner=user, name="bench", days=1).secret
         return Fixture(str(service.id), instance.host_port, token)
 
+    def collection_on(self) -> None:
+        """Keep every call of the service, request and response (as the Data Collection tab would)."""
+        from services.actions import collection_rule_set
+        from services.models import Service
+        from services.validation import parse_collection_rule
+
+        service = Service.objects.get(id=self.service_id)
+        data = {"is_enabled": True, "sample_percent": 100, "content": "both", "keep_records": 100_000}
+        collection_rule_set(service=service, request=parse_collection_rule(service=service, data=data))
+
+    def records_with(self, request_id: str) -> bool:
+        from services.models import DataCollectionRecord
+
+        return DataCollectionRecord.objects.filter(service_id=self.service_id, request_id=request_id).exists()
+
+    def record_count(self) -> int:
+        from services.models import DataCollectionRecord
+
+        return DataCollectionRecord.objects.filter(service_id=self.service_id).count()
+
     def tear_down(self) -> None:
         from services import actions, lifecycle
         from services.models import Service
@@ -383,6 +408,53 @@ def measure(wrk: str, script: Path, path: str, url: str, connections: int, durat
     return result
 
 
+def collection_dropped(gateway_port: int) -> float:
+    """rts_gateway_collection_dropped_total, over every gateway process."""
+    connection = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=5)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    return sum(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith("rts_gateway_collection_dropped_total")
+    )
+
+
+def measure_collection(
+    fixture_maker: ServiceFixture,
+    wrk: str,
+    script: Path,
+    gateway_base: str,
+    gateway_path: str,
+    headers: dict,
+    args: argparse.Namespace,
+    results: list[Result],
+) -> tuple[int, float]:
+    """The gateway path again with data collection keeping 100 % of calls (both
+    bodies): (records stored, records the gateway dropped) over these runs."""
+    fixture_maker.collection_on()
+    url = gateway_base + gateway_path
+    gateway_port = int(gateway_base.rsplit(":", 1)[1])
+    probe_id = f"bench-probe-{uuid.uuid4().hex}"
+
+    def collecting() -> bool:
+        # A call the gateway kept has reached the table, by push, in every process it went to.
+        http_status(gateway_port, gateway_path, "POST", BODY, {**headers, "X-Request-Id": probe_id})
+        return fixture_maker.records_with(probe_id)
+
+    wait_until("the gateway did not start collecting", collecting, 15)
+    say("data collection on: 100 % of calls, request and response")
+    dropped_before = collection_dropped(gateway_port)
+    stored_before = fixture_maker.record_count()
+    for connections in (32, 1):
+        if args.warmup:
+            run_wrk(wrk, script, url, connections, args.warmup)
+        results.append(measure(wrk, script, "collect", url, connections, args.duration))
+    time.sleep(2.5)  # the last flush
+    return fixture_maker.record_count() - stored_before, collection_dropped(gateway_port) - dropped_before
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10, help="seconds per measurement (default 10)")
@@ -390,6 +462,7 @@ def main() -> None:
     parser.add_argument("--gateway-url", help="use this running gateway (same database) instead of starting one")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="gateway processes (default: cores)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--no-collection", action="store_true", help="skip the run with data collection at 100 %%")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
 
@@ -428,12 +501,21 @@ def main() -> None:
                 if args.warmup:
                     run_wrk(wrk, script, url, connections, args.warmup)
                 results.append(measure(wrk, script, name, url, connections, args.duration))
+        collected = dropped = 0
+        if not args.no_collection:
+            collected, dropped = measure_collection(
+                fixture_maker, wrk, script, gateway_base, gateway_path, headers, args, results
+            )
 
     by = {(r.path, r.connections): r for r in results}
     ratio = by[("gateway", 32)].requests_per_second / by[("nginx", 32)].requests_per_second
     added = by[("gateway", 1)].p50_ms - by[("direct", 1)].p50_ms
     ratio_ok = ratio >= TARGET_RATIO_32
     added_ok = added <= TARGET_ADDED_P50_MS
+    collect_ratio = None
+    if ("collect", 32) in by:
+        collect_ratio = by[("collect", 32)].requests_per_second / by[("gateway", 32)].requests_per_second
+    collect_ok = collect_ratio is None or collect_ratio >= TARGET_COLLECT_RATIO_32
     print()
     print(f"{'path':<8} {'conn':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for r in results:
@@ -445,13 +527,18 @@ def main() -> None:
     print(f"(target >= {TARGET_RATIO_32}: {verdict[ratio_ok]})")
     print(f"gateway p50 added over direct at 1 connection: {added:.3f} ms", end="  ")
     print(f"(target <= {TARGET_ADDED_P50_MS} ms: {verdict[added_ok]})")
+    if collect_ratio is not None:
+        print(f"gateway with collection at 100 % / without, at 32 connections: {collect_ratio:.2f}", end="  ")
+        print(f"(target >= {TARGET_COLLECT_RATIO_32}: {verdict[collect_ok]})")
+        print(f"records stored during the collection runs: {collected}; dropped by the gateway: {dropped:g}")
     if args.json:
-        args.json.write_text(
-            json.dumps({"results": [r.__dict__ for r in results], "ratio_32": ratio, "added_p50_ms_1": added}, indent=2)
-        )
+        summary = {"results": [r.__dict__ for r in results], "ratio_32": ratio, "added_p50_ms_1": added}
+        if collect_ratio is not None:
+            summary.update(collect_ratio_32=collect_ratio, records_stored=collected, records_dropped=dropped)
+        args.json.write_text(json.dumps(summary, indent=2))
     if any(r.errors for r in results):
         print("warning: some calls failed (see the errors column)")
-    if args.check and not (ratio_ok and added_ok):
+    if args.check and not (ratio_ok and added_ok and collect_ok):
         sys.exit(1)
 
 

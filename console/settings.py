@@ -4,6 +4,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from common.env import env_bool, env_float, env_int, env_list, env_str
+from gateway.collect import CollectionConfig
 from gateway.config import GatewayConfig
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -179,6 +180,7 @@ CELERY_TASK_ROUTES = {
     "services.tasks.deploys_probe_task": {"queue": "reconcile"},
     "services.tasks.version_check_image_task": {"queue": "reconcile"},
     "access.tasks.access_tokens_purge_task": {"queue": "reconcile"},
+    "services.tasks.collected_records_purge_task": {"queue": "reconcile"},
 }
 # A deploy may wait up to the longest service timeout (120 min); its hard limit
 # stays below the broker's visibility timeout so Redis never hands a message
@@ -192,6 +194,7 @@ RECONCILE_INTERVAL_SECONDS = env_float("RECONCILE_INTERVAL_SECONDS", 2.0)
 # the periodic prober (every DEPLOY_PROBE_INTERVAL_SECONDS) and frees its worker.
 DEPLOY_FAST_WAIT_SECONDS = env_float("DEPLOY_FAST_WAIT_SECONDS", 1.0)
 DEPLOY_PROBE_INTERVAL_SECONDS = env_float("DEPLOY_PROBE_INTERVAL_SECONDS", 0.5)
+COLLECTED_RECORDS_PURGE_SECONDS = env_float("COLLECTED_RECORDS_PURGE_SECONDS", 60.0)
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {
         "task": "services.tasks.reconcile_task",
@@ -207,6 +210,13 @@ CELERY_BEAT_SCHEDULE = {
         "task": "access.tasks.access_tokens_purge_task",
         "schedule": 3600.0,
         "options": {"expires": 1800},
+    },
+    # Data collection's retention: a busy service may pass its record limit by
+    # at most a minute's records.
+    "purge-collected-records": {
+        "task": "services.tasks.collected_records_purge_task",
+        "schedule": COLLECTED_RECORDS_PURGE_SECONDS,
+        "options": {"expires": COLLECTED_RECORDS_PURGE_SECONDS},
     },
 }
 
@@ -267,3 +277,7 @@ CONSOLE_TOKEN_SECONDS = env_int("CONSOLE_TOKEN_SECONDS", 3600)
 PREDICTION_UPLOAD_MAX_BYTES = 8 * 1024 * 1024
 # The Prediction tab's call holds a web worker thread: it waits this long at most.
 PREDICTION_TIMEOUT_SECONDS = env_float("PREDICTION_TIMEOUT_SECONDS", 30.0)
+# Data collection: the gateway keeps at most this much of each body of a
+# sampled call (it reads the same variables through the same object).
+DATA_COLLECTION = CollectionConfig.from_env()
+DATA_COLLECTION_BODY_MAX_BYTES = DATA_COLLECTION.body_max_bytes

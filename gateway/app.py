@@ -14,7 +14,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -30,6 +30,7 @@ except ImportError:  # optional: the gateway works on asyncio's own loop
 
 from gateway import metrics, store
 from gateway import upstream as upstream_client
+from gateway.collect import CollectedCall, CollectionConfig, Collector
 from gateway.config import DatabaseConfig, GatewayConfig
 from gateway.keeper import TableHolder, TableKeeper
 from gateway.limits import TrafficLimiter
@@ -64,6 +65,8 @@ PREFIX_LENGTH = len(INFER_PREFIX)
 # Answers up to this size (with a Content-Length) are read whole and sent in
 # one write; larger ones are streamed.
 BUFFERED_RESPONSE_BYTES = 256 * 1024
+# Collected calls per INSERT of the flush (see _flush_collected).
+COLLECTED_FLUSH_CHUNK = 200
 # An instance that refused a connection is skipped for this long, unless a
 # reload of the table lists it under a new port first.
 SUSPECT_SECONDS = 2.0
@@ -81,6 +84,7 @@ SUSPECTS = web.AppKey("suspects", dict[Upstream, float])
 # aiohttp's client, for WebSocket calls only (HTTP calls use gateway.upstream).
 WS_SESSION = web.AppKey("ws_session", aiohttp.ClientSession)
 LIMITER = web.AppKey("limiter", TrafficLimiter)
+COLLECTOR = web.AppKey("collector", Collector)
 # Set by the WebSocket handshake itself, never copied from the caller's.
 WEBSOCKET_OWN_HEADERS = frozenset(
     {"host", "sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol", "sec-websocket-extensions"}
@@ -287,7 +291,46 @@ async def infer(request: web.Request) -> web.StreamResponse:
     body = await _read_body(request, limit)
     if body is None:
         return error(413, ErrorCode.BODY_TOO_LARGE, f"The request body is larger than {limit} bytes.")
-    return await _proxy(request, service, body, _forwarded_headers(request), started)
+    collected = _collection_start(request, service, body, started) if service.collect_percent else None
+    return await _proxy(request, service, body, _forwarded_headers(request), started, collected)
+
+
+def _collection_start(request: web.Request, service: ServiceRoute, body: bytes, started: float) -> CollectedCall | None:
+    """A record of this call when the service's data collection rule samples it."""
+    collector = request.app[COLLECTOR]
+    if not collector.is_sampled(service.collect_percent, request.app[TABLE].rng):
+        return None
+    return CollectedCall(
+        service_id=service.service_id,
+        created_at=time.time() - (time.perf_counter() - started),
+        method=request.method,
+        request_id=REQUEST_ID.get(),
+        request_body=body,
+        request_content_type=request.headers.get("Content-Type", ""),
+        cap=collector.config.body_max_bytes,
+        keeps_request=service.collect_request,
+        keeps_response=service.collect_response,
+    )
+
+
+def _collection_done(
+    app: web.Application,
+    collected: CollectedCall,
+    config_id: int,
+    status: int,
+    started: float,
+    response_headers: Iterable[tuple[str, str]] = (),
+) -> None:
+    """Queue a sampled call's record for the next flush; a full queue drops it.
+    Never raises: collection must not fail a call."""
+    try:
+        latency_ms = (time.perf_counter() - started) * 1000
+        collected.finish(config_id=config_id, status=status, latency_ms=latency_ms, response_headers=response_headers)
+        if not app[COLLECTOR].add(collected):
+            metrics.COLLECTION_DROPPED.inc()
+    except Exception:  # a bug here must cost a record, not the call
+        log.exception("data collection of a call failed; the call itself is not affected")
+        metrics.COLLECTION_DROPPED.inc()
 
 
 def _refuse_over_limit(request: web.Request, service: ServiceRoute, started: float) -> web.Response:
@@ -309,7 +352,12 @@ def _refuse_over_limit(request: web.Request, service: ServiceRoute, started: flo
 
 
 async def _proxy(
-    request: web.Request, service: ServiceRoute, body: bytes, headers: list[tuple[str, str]], started: float
+    request: web.Request,
+    service: ServiceRoute,
+    body: bytes,
+    headers: list[tuple[str, str]],
+    started: float,
+    collected: CollectedCall | None = None,
 ) -> web.StreamResponse:
     """Send the call to an instance picked by traffic weight and round robin, and relay its answer."""
     app = request.app
@@ -373,12 +421,16 @@ async def _proxy(
         except upstream_client.BadResponse as exc:
             metrics.UPSTREAM_ERRORS.labels("bad_response").inc()
             stats.record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
+            if collected is not None:
+                _collection_done(app, collected, version.config_id, 502, started)
             return error(502, ErrorCode.BAD_UPSTREAM_ANSWER, f"The instance did not answer in HTTP: {exc}")
         except TimeoutError:
             metrics.UPSTREAM_ERRORS.labels("timeout").inc()
             stats.record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
+            if collected is not None:
+                _collection_done(app, collected, version.config_id, 504, started)
             return error(504, ErrorCode.UPSTREAM_TIMEOUT, f"The model did not answer within {timeout:g} s.")
-        return await _relay(request, answer, stats, service_id, version.config_id, started)
+        return await _relay(request, answer, stats, service_id, version.config_id, started, collected)
 
     # A call that reached no model is still a failed call of the service.
     counted = next((v for v in service.versions if v.weight > 0), None)
@@ -471,13 +523,15 @@ async def _relay(
     service_id: str,
     config_id: int,
     started: float,
+    collected: CollectedCall | None = None,
 ) -> web.StreamResponse:
     """Send the model's answer back with its status, headers and body unchanged.
 
     A small answer of known length is read whole and sent in one write; any
     other is streamed as it arrives (and an answer to HEAD keeps its length).
+    A sampled call's record keeps the answer's first bytes as they pass.
     """
-    status = answer.status
+    status = sent_status = answer.status
     is_failed = status >= 400
     headers = CIMultiDict((key, value) for key, value in answer.headers if key.lower() not in HOP_BY_HOP)
     headers["X-Request-Id"] = REQUEST_ID.get()
@@ -488,19 +542,25 @@ async def _relay(
                 body = await answer.read()
             except TimeoutError:
                 is_failed = True
+                sent_status = 504
                 timeout = request.app[CONFIG].call_timeout_seconds
                 return error(504, ErrorCode.UPSTREAM_TIMEOUT, f"The model did not answer within {timeout:g} s.")
             except upstream_client.UpstreamError as exc:
                 is_failed = True
+                sent_status = 502
                 return error(
                     502, ErrorCode.BAD_UPSTREAM_ANSWER, f"The connection to the instance broke during the answer: {exc}"
                 )
+            if collected is not None:
+                collected.response_part(body)
             return web.Response(status=status, reason=answer.reason, body=body, headers=headers)
         response = web.StreamResponse(status=status, reason=answer.reason, headers=headers)
         if length is not None:
             response.content_length = length
         await response.prepare(request)
         async for chunk in answer.iter_chunks():
+            if collected is not None:
+                collected.response_part(chunk)
             await response.write(chunk)
         await response.write_eof()
         return response
@@ -511,6 +571,8 @@ async def _relay(
     finally:
         answer.release()
         stats.record(service_id, config_id, (time.perf_counter() - started) * 1000, is_failed)
+        if collected is not None:
+            _collection_done(request.app, collected, config_id, sent_status, started, answer.headers)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -585,7 +647,8 @@ async def _flush_once(app: web.Application, conn_holder: dict[str, psycopg.Async
     stats: CallStats = app[STATS]
     batch = stats.take()
     used_tokens = stats.take_used_tokens()
-    if not batch and not used_tokens:
+    records = app[COLLECTOR].take()
+    if not batch and not used_tokens and not records:
         return
     now = dt.datetime.now(dt.UTC)
     bucket_start = now.replace(second=0, microsecond=0)
@@ -599,6 +662,41 @@ async def _flush_once(app: web.Application, conn_holder: dict[str, psycopg.Async
         log.warning("statistics flush failed, keeping the counts for the next one: %s", exc)
         stats.put_back(batch)
         conn_holder["conn"] = None
+        _collected_put_back(app, records)
+        return
+    if records:
+        await _flush_collected(app, conn, records, conn_holder)
+
+
+async def _flush_collected(
+    app: web.Application,
+    conn: psycopg.AsyncConnection[Any],
+    records: list[CollectedCall],
+    conn_holder: dict[str, psycopg.AsyncConnection[Any] | None],
+) -> None:
+    """Store collected calls after the counts, in statements of their own (a
+    failure here never sends the counts twice), COLLECTED_FLUSH_CHUNK at a time:
+    encoding a statement's parameters holds the event loop (about 7 µs a
+    record), so a chunk holds it 1–2 ms, never a busy second's records at once."""
+    for start in range(0, len(records), COLLECTED_FLUSH_CHUNK):
+        chunk = records[start : start + COLLECTED_FLUSH_CHUNK]
+        try:
+            await store.insert_collected_records(conn, [record.row() for record in chunk])
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            # Trying the same rows again would fail the same way, every second.
+            log.warning("could not store %d collected calls; they are dropped: %s", len(chunk), exc)
+            metrics.COLLECTION_DROPPED.inc(len(chunk))
+        except (psycopg.Error, OSError) as exc:
+            log.warning("collected calls not stored, keeping them for the next flush: %s", exc)
+            conn_holder["conn"] = None
+            _collected_put_back(app, records[start:])
+            return
+
+
+def _collected_put_back(app: web.Application, records: list[CollectedCall]) -> None:
+    dropped = app[COLLECTOR].put_back(records)
+    if dropped:
+        metrics.COLLECTION_DROPPED.inc(dropped)
 
 
 async def _start_background(app: web.Application) -> AsyncIterator[None]:
@@ -631,6 +729,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app[TABLE] = TableHolder()
     app[KEEPER] = TableKeeper(config, conninfo(config.database), app[TABLE])
     app[STATS] = CallStats()
+    app[COLLECTOR] = Collector(CollectionConfig.from_env())
     app[SUSPECTS] = {}
     app.router.add_route("*", "/v1/infers/{service_id}", infer, name=INFER_ROUTE)
     app.router.add_route("*", "/v1/infers/{service_id}/{rest:.*}", infer, name=INFER_ROUTE + "_path")

@@ -39,6 +39,10 @@ LIMITED_CALLS = Counter(
     "rts_gateway_limited_calls_total",
     "Calls refused with 429 because their service was over its traffic limit",
 )
+COLLECTION_DROPPED = Counter(
+    "rts_gateway_collection_dropped_total",
+    "Sampled calls whose data collection record was dropped (the queue was full: the database fell behind)",
+)
 UPSTREAM_ERRORS = Counter(
     "rts_gateway_upstream_errors_total",
     "Calls that failed between the gateway and an instance, by kind",

@@ -19,7 +19,8 @@ from services.choices import ServiceStatus
 from services.contract import CALLABLE_STATUSES, secret_hash
 
 Upstream = tuple[str, int]
-# (service_id, owner_id, status, config_id, weight, predict_path, host_port or None[, is_websocket, traffic_limit])
+# (service_id, owner_id, status, config_id, weight, predict_path, host_port or None[, is_websocket, traffic_limit,
+#  collect_percent, collect_request, collect_response])
 ServiceRow = Sequence[Any]
 # (token_hash, owner_id, expires_at as UNIX time[, is_valid])
 TokenRow = Sequence[Any]
@@ -71,6 +72,10 @@ class ServiceRoute:
     is_websocket: bool = False
     # Calls per second over every gateway process together; None: no limit.
     traffic_limit: int | None = None
+    # Data collection: the share of calls kept (0: off), and which bodies.
+    collect_percent: int = 0
+    collect_request: bool = False
+    collect_response: bool = False
 
     @cached_property
     def serving_versions(self) -> list[VersionRoute]:
@@ -232,6 +237,9 @@ def services_from_rows(
                 status,
                 is_websocket=bool(more and more[0]),
                 traffic_limit=more[1] if len(more) > 1 else None,
+                collect_percent=(more[2] or 0) if len(more) > 2 else 0,
+                collect_request=bool(len(more) > 3 and more[3]),
+                collect_response=bool(len(more) > 4 and more[4]),
             )
         version = by_config.get(config_id)
         if version is None:

@@ -7,16 +7,32 @@ Each one validates, writes inside a transaction and enqueues the worker side
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING, NoReturn
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError
+from django.utils import timezone
 
 from services import tasks
-from services.choices import ServiceStatus, VersionStatus
-from services.models import AIApplication, AIApplicationVersion, Service, ServiceVersionConfig
+from services.choices import SUPERVISED_STATUSES, ServiceStatus, VersionStatus
+from services.models import (
+    AIApplication,
+    AIApplicationVersion,
+    DataCollectionRule,
+    Service,
+    ServiceVersionConfig,
+)
 from services.transitions import service_event_add, service_transition
-from services.validation import DeployRequest, RequestInvalid, VersionRequest
+from services.validation import (
+    CollectionRuleRequest,
+    DeployRequest,
+    RequestInvalid,
+    VersionRequest,
+    service_limit_message,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -83,8 +99,15 @@ def ai_application_version_delete(*, version: AIApplicationVersion) -> None:
 
 
 def service_create(*, owner: User, request: DeployRequest) -> Service:
-    """Store a validated service as Deploying and enqueue its deploy after commit."""
+    """Store a validated service as Deploying and enqueue its deploy after commit.
+
+    The service limit is counted again here, with the owner's row locked, so
+    requests sent at once cannot together pass it (each validated alone).
+    """
     with transaction.atomic():
+        get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+        if Service.objects.filter(owner=owner).count() >= settings.MAX_SERVICES_PER_USER:
+            raise RequestInvalid({"__all__": [service_limit_message(owner)]})
         try:
             with transaction.atomic():
                 service = Service.objects.create(
@@ -94,6 +117,8 @@ def service_create(*, owner: User, request: DeployRequest) -> Service:
                     pool=request.pool,
                     timeout_minutes=request.timeout_minutes,
                     is_websocket=request.is_websocket,
+                    traffic_limit=request.traffic_limit,
+                    auto_stop_hours=request.auto_stop_hours,
                     status=ServiceStatus.DEPLOYING,
                 )
         except IntegrityError:
@@ -142,9 +167,58 @@ def service_stop(*, service: Service, actor: User | None = None) -> None:
     transaction.on_commit(lambda: tasks.service_stop_task.delay(str(service.id)))
 
 
+def service_auto_stop_set(*, service: Service, hours: int | None, actor: User | None = None) -> None:
+    """Set (or, with None, turn off) the auto-stop timer. On a serving service
+    the timer starts again from now, so setting the same hours extends it."""
+    now = timezone.now()
+    is_serving = service.status in SUPERVISED_STATUSES
+    Service.objects.filter(id=service.id).update(
+        auto_stop_hours=hours, auto_stop_at=now + timedelta(hours=hours) if hours and is_serving else None
+    )
+    who = f" by {actor.get_username()}" if actor is not None else ""
+    if hours:
+        when = "from now" if is_serving else "after it next turns Running"
+        service_event_add(service.id, f"Auto stop set to {hours} hour{'s' if hours != 1 else ''} {when}{who}")
+    else:
+        service_event_add(service.id, f"Auto stop turned off{who}")
+
+
 def service_delete(*, service: Service, actor: User | None = None) -> None:
     """Any status but Deleting → Deleting, and enqueue the delete. A second call is refused."""
     if not service_transition(service.id, to=ServiceStatus.DELETING, event=_requested("Delete", actor)):
         service.refresh_from_db(fields=["status"])
         _refuse(service, "delete")
     transaction.on_commit(lambda: tasks.service_delete_task.delay(str(service.id)))
+
+
+# --- Data collection ----------------------------------------------------------------
+
+
+def collection_rule_set(
+    *, service: Service, request: CollectionRuleRequest, actor: User | None = None
+) -> DataCollectionRule:
+    """Store the service's data collection rule (creating it the first time) and
+    note it in the service's events. Every gateway process hears of the change
+    by push as it commits (migration 0008's triggers) and samples from its next
+    call on. Records beyond a tighter retention go at the next purge. Safe to repeat."""
+    with transaction.atomic():
+        rule, _ = DataCollectionRule.objects.update_or_create(
+            service=service,
+            defaults={
+                "is_enabled": request.is_enabled,
+                "sample_percent": request.sample_percent,
+                "content": request.content,
+                "keep_days": request.keep_days,
+                "keep_records": request.keep_records,
+            },
+        )
+        who = f" by {actor.get_username()}" if actor is not None else ""
+        if rule.is_enabled:
+            event = (
+                f"Data collection on{who}: {rule.sample_percent}% of calls, "
+                f"{rule.get_content_display().lower()}, kept {rule.retention_label}"
+            )
+        else:
+            event = f"Data collection off{who}"
+        service_event_add(service.id, event)
+    return rule

@@ -11,6 +11,7 @@ from django.http import QueryDict
 
 from pools.selectors import FlavorOption, flavor_options_for_pool, pool_list_for
 from services.selectors import deployable_versions_for
+from services.validation import AUTO_STOP_HOURS
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -69,6 +70,8 @@ def deploy_data_from_post(post: QueryDict) -> dict[str, Any]:
         "pool": post.get("pool", ""),
         "timeout_minutes": post.get("timeout_minutes", ""),
         "websocket": post.get("websocket") == "on",
+        "traffic_limit": post.get("traffic_limit", "").strip(),
+        "auto_stop_hours": post.get("auto_stop_hours", ""),
         "configs": configs,
     }
 
@@ -133,8 +136,12 @@ def deploy_form_context(
         "pool": str(pools[0].id) if pools else "",
         "timeout_minutes": settings.SERVICE_TIMEOUT_DEFAULT_MINUTES,
         "websocket": False,
+        "traffic_limit": "",
+        "auto_stop_hours": "",
         "configs": [{"app_version": chosen, "flavor": "", "instance_count": 1, "weight": 100, "envs": []}],
     }
+    data.setdefault("traffic_limit", "")
+    data.setdefault("auto_stop_hours", "")
     selected_pool = next((pool for pool in pools if str(pool.id) == str(data["pool"])), None)
     flavor_options = flavor_options_for_pool(selected_pool)
     form_errors, row_errors = _split_errors(errors, len(data["configs"]))
@@ -162,6 +169,7 @@ def deploy_form_context(
         "versions": versions,
         "max_instances": settings.MAX_INSTANCES_PER_VERSION,
         "max_rows": settings.MAX_CONFIGS_PER_SERVICE,
+        "auto_stop_choices": AUTO_STOP_HOURS,
         "timeout_min": settings.SERVICE_TIMEOUT_MIN_MINUTES,
         "timeout_max": settings.SERVICE_TIMEOUT_MAX_MINUTES,
     }

@@ -439,6 +439,11 @@ def _deploy_succeed(service: Service, token: uuid.UUID, instance_count: int) -> 
     moved = service_transition(service.id, to=ServiceStatus.RUNNING, lease_token=token, event=running)
     if moved:
         DEPLOY_SECONDS.observe((timezone.now() - service.status_changed_at).total_seconds())
+        if service.auto_stop_hours:
+            # The auto-stop timer starts when the service turns Running.
+            Service.objects.filter(id=service.id).update(
+                auto_stop_at=timezone.now() + timedelta(hours=service.auto_stop_hours)
+            )
     return moved
 
 

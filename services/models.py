@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from services.choices import (
     CALLABLE_STATUSES,
+    SUPERVISED_STATUSES,
     TRANSITIONAL_STATUSES,
     InstanceState,
     ServiceStatus,
@@ -109,7 +110,8 @@ class Service(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["owner", "name"], name="service_unique_name_per_owner"),
             models.CheckConstraint(
-                condition=models.Q(traffic_limit__isnull=True) | models.Q(traffic_limit__gte=1, traffic_limit__lte=100_000),
+                condition=models.Q(traffic_limit__isnull=True)
+                | models.Q(traffic_limit__gte=1, traffic_limit__lte=100_000),
                 name="service_traffic_limit_range",
             ),
             models.CheckConstraint(
@@ -142,6 +144,11 @@ class Service(models.Model):
     def is_callable(self) -> bool:
         """The gateway routes calls to it (it may still have no healthy instance)."""
         return self.status in CALLABLE_STATUSES
+
+    @property
+    def is_supervised(self) -> bool:
+        """Serving (Running, Alarm or Abnormal): the reconcile loop keeps its instances up."""
+        return self.status in SUPERVISED_STATUSES
 
     @property
     def can_start(self) -> bool:
@@ -249,3 +256,122 @@ class ServiceCallStat(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["service", "config", "bucket_start"], name="call_stat_unique_bucket"),
         ]
+
+
+class DataCollectionRule(models.Model):
+    """Which calls of a service the gateway keeps, and for how long (off by default).
+
+    The gateway reads the rule with the service's routing row and hears of a
+    change by push (the triggers of migration 0008)."""
+
+    class Content(models.TextChoices):
+        # gateway/store.py SERVICE_COLUMNS names these values in SQL.
+        REQUEST = "request", "Request"
+        RESPONSE = "response", "Response"
+        BOTH = "both", "Request and response"
+
+    service = models.OneToOneField(Service, on_delete=models.CASCADE, primary_key=True, related_name="collection_rule")
+    is_enabled = models.BooleanField(default=False)
+    # The share of calls kept, chosen at random per call.
+    sample_percent = models.PositiveSmallIntegerField(default=100)
+    content = models.CharField(max_length=8, choices=Content.choices, default=Content.BOTH)
+    # Retention, applied by a periodic purge: records older than keep_days, and
+    # all but the newest keep_records. At least one is set, so records never pile up.
+    keep_days = models.PositiveSmallIntegerField(null=True, blank=True, default=7)
+    keep_records = models.PositiveIntegerField(null=True, blank=True, default=10_000)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(sample_percent__gte=1, sample_percent__lte=100),
+                name="collection_rule_sample_percent_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(content__in=["request", "response", "both"]), name="collection_rule_content_choices"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(keep_days__isnull=True) | models.Q(keep_days__gte=1, keep_days__lte=30),
+                name="collection_rule_keep_days_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(keep_records__isnull=True)
+                | models.Q(keep_records__gte=1, keep_records__lte=100_000),
+                name="collection_rule_keep_records_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(keep_days__isnull=False) | models.Q(keep_records__isnull=False),
+                name="collection_rule_has_retention",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"collection of {self.service_id}"
+
+    @property
+    def retention_label(self) -> str:
+        """The rule's limits as people read them: "7 days, at most 10,000 records"."""
+        parts = []
+        if self.keep_days:
+            parts.append(f"{self.keep_days} day{'s' if self.keep_days != 1 else ''}")
+        if self.keep_records:
+            parts.append(f"at most {self.keep_records:,} record{'s' if self.keep_records != 1 else ''}")
+        return ", ".join(parts)
+
+    @property
+    def keeps_request(self) -> bool:
+        return self.content in (self.Content.REQUEST, self.Content.BOTH)
+
+    @property
+    def keeps_response(self) -> bool:
+        return self.content in (self.Content.RESPONSE, self.Content.BOTH)
+
+
+class DataCollectionRecord(models.Model):
+    """One collected call, written by the gateway's once-a-second flush.
+
+    A body not kept is NULL; a kept body holds at most the gateway's cap
+    (DATA_COLLECTION_BODY_MAX_BYTES) and `*_truncated` says whether there was
+    more; `*_size` is the body's whole size as it passed."""
+
+    id = models.BigAutoField(primary_key=True)
+    # Indexed by the two indexes below, which start with it.
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="collected_records", db_index=False)
+    # The version that answered; the label stays when the version leaves the
+    # service. No database constraint: the gateway's insert must never make an
+    # update that removes a version fail at commit (a call of the old version
+    # may be flushed just then); a record is read by its `version` label.
+    config = models.ForeignKey(
+        ServiceVersionConfig,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        db_constraint=False,
+        related_name="collected_records",
+    )
+    version = models.CharField(max_length=32)
+    # When the call arrived at the gateway.
+    created_at = models.DateTimeField()
+    request_id = models.CharField(max_length=128, blank=True)
+    method = models.CharField(max_length=16)
+    status_code = models.PositiveSmallIntegerField()
+    latency_ms = models.FloatField()
+    request_body = models.BinaryField(null=True)
+    request_size = models.PositiveBigIntegerField(default=0)
+    request_content_type = models.CharField(max_length=200, blank=True)
+    request_truncated = models.BooleanField(default=False)
+    response_body = models.BinaryField(null=True)
+    response_size = models.PositiveBigIntegerField(default=0)
+    response_content_type = models.CharField(max_length=200, blank=True)
+    response_truncated = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # Newest first per service (the tab, the export, the purge by count) and by age (the purge by days).
+            models.Index(fields=["service", "id"], name="collected_service_id"),
+            models.Index(fields=["service", "created_at"], name="collected_service_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"record {self.id} of {self.service_id}"

@@ -55,6 +55,7 @@ class ReconcileReport:
     status_changes: dict[str, str] = field(default_factory=dict)
     requeued: list[str] = field(default_factory=list)
     unreachable_nodes: list[str] = field(default_factory=list)
+    auto_stopped: list[str] = field(default_factory=list)
     # (service id, status) of transitional work whose lease lapsed: the caller
     # enqueues its task again.
     lapsed: list[tuple[str, ServiceStatus]] = field(default_factory=list)
@@ -132,6 +133,7 @@ def _reconcile_once() -> ReconcileReport:
     _remove_orphan_networks(nodes, containers, services)
     _converge_serving(services, containers, report)
     _stop_strays(services, containers)
+    _auto_stop_due(services, now, report)
     _requeue_lapsed(services, now, report)
     _recheck_versions(now)
     return report
@@ -346,6 +348,23 @@ def _stop_strays(services: dict[str, Service], containers: dict[int, dict[str, r
                     runtime.stop_container(instance.node.docker_host, instance.container_name)
                 except runtime.EngineError as exc:
                     log.warning("could not stop %s: %s", instance.container_name, exc)
+
+
+def _auto_stop_due(services: dict[str, Service], now: datetime, report: ReconcileReport) -> None:
+    """Stop the serving services whose auto-stop time has come (the caller enqueues their stops)."""
+    for service in services.values():
+        if service.status not in SUPERVISED_STATUSES or service.auto_stop_at is None or service.auto_stop_at > now:
+            continue
+        hours = service.auto_stop_hours
+        after = f"{hours} hour{'s' if hours != 1 else ''} after it turned Running" if hours else "as set"
+        if service_transition(
+            service.id,
+            to=ServiceStatus.STOPPING,
+            from_=ServiceStatus(service.status),
+            event=f"Auto stop: stopping {after}",
+        ):
+            report.auto_stopped.append(service.name)
+            report.lapsed.append((str(service.id), ServiceStatus.STOPPING))
 
 
 def _requeue_lapsed(services: dict[str, Service], now: datetime, report: ReconcileReport) -> None:

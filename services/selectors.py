@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import codecs
+import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -11,8 +14,8 @@ from urllib.parse import urlencode
 
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import BinaryField, Count, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce, Substr
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
@@ -22,6 +25,8 @@ from services.contract import LATENCY_BUCKET_COUNT, percentile_ms
 from services.models import (
     AIApplication,
     AIApplicationVersion,
+    DataCollectionRecord,
+    DataCollectionRule,
     Instance,
     Service,
     ServiceCallStat,
@@ -485,3 +490,110 @@ def service_call_series(service: Service, minutes: int = 60, now: datetime | Non
         row = rows.get(start, {})
         series.append(MinuteCalls(start=start, calls=row.get("calls") or 0, failed=row.get("failed") or 0))
     return series
+
+
+# --- Data collection ----------------------------------------------------------------
+
+COLLECTED_RECORDS_SHOWN = 50
+# Of each body, the tab shows this much (the database sends no more).
+BODY_PREVIEW_BYTES = 96
+
+
+def collection_rule_for(service: Service) -> DataCollectionRule:
+    """The service's data collection rule; a service that never set one has the
+    default (off), unsaved."""
+    return DataCollectionRule.objects.filter(service=service).first() or DataCollectionRule(service=service)
+
+
+@dataclass(frozen=True)
+class CollectedRecordRow:
+    record: DataCollectionRecord
+    # The first bytes of each body as text (hex when not UTF-8); None: not kept.
+    request_preview: str | None
+    response_preview: str | None
+
+
+def collected_records_newest(service: Service, limit: int = COLLECTED_RECORDS_SHOWN) -> list[CollectedRecordRow]:
+    """The service's newest records, newest first, with only the first bytes of
+    their bodies read. One query."""
+    records = (
+        DataCollectionRecord.objects.filter(service=service)
+        .defer("request_body", "response_body")
+        .annotate(
+            request_head=Substr("request_body", 1, BODY_PREVIEW_BYTES, output_field=BinaryField()),
+            response_head=Substr("response_body", 1, BODY_PREVIEW_BYTES, output_field=BinaryField()),
+        )
+        .order_by("-id")[:limit]
+    )
+    return [
+        CollectedRecordRow(record, body_preview(record.request_head), body_preview(record.response_head))
+        for record in records
+    ]
+
+
+def collected_records_count(service: Service) -> int:
+    return DataCollectionRecord.objects.filter(service=service).count()
+
+
+def body_preview(data: bytes | memoryview | None) -> str | None:
+    """A body's first bytes for people: UTF-8 text (a character cut at the end
+    left out) with control characters as spaces, else hex."""
+    if data is None:
+        return None
+    data = bytes(data)
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(data, final=False)
+    except UnicodeDecodeError:
+        return "0x " + data[:32].hex(" ")
+    return "".join(char if char.isprintable() else " " for char in text)
+
+
+def body_for_json(data: bytes | memoryview | None) -> tuple[str | None, str | None]:
+    """(body, encoding) of a body in an export line: the text when it is UTF-8
+    ("utf-8"), else base64 ("base64"); (None, None) when it was not kept. A body
+    cut by the cap in the middle of a character is base64, so no byte is lost."""
+    if data is None:
+        return None, None
+    data = bytes(data)
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def _collected_record_json(record: DataCollectionRecord) -> dict[str, Any]:
+    request_body, request_encoding = body_for_json(record.request_body)
+    response_body, response_encoding = body_for_json(record.response_body)
+    return {
+        "id": record.id,
+        "service_id": str(record.service_id),
+        "created_at": record.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "version": record.version,
+        "request_id": record.request_id,
+        "method": record.method,
+        "status": record.status_code,
+        "latency_ms": round(record.latency_ms, 3),
+        "request": {
+            "content_type": record.request_content_type,
+            "size": record.request_size,
+            "truncated": record.request_truncated,
+            "body": request_body,
+            "body_encoding": request_encoding,
+        },
+        "response": {
+            "content_type": record.response_content_type,
+            "size": record.response_size,
+            "truncated": record.response_truncated,
+            "body": response_body,
+            "body_encoding": response_encoding,
+        },
+    }
+
+
+def collected_records_jsonl(service: Service, chunk_size: int = 200) -> Iterator[bytes]:
+    """Every record of the service, oldest first, as JSON Lines (one object and
+    a newline each), read through a server-side cursor `chunk_size` at a time
+    so a large export never sits in memory whole."""
+    records = DataCollectionRecord.objects.filter(service=service).order_by("id")
+    for record in records.iterator(chunk_size=chunk_size):
+        yield (json.dumps(_collected_record_json(record), ensure_ascii=False) + "\n").encode()

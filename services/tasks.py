@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from services import lifecycle, reconcile
+from services import collection, lifecycle, reconcile
 from services.choices import ServiceStatus
 from services.metrics import RECONCILE_SECONDS
 
@@ -38,6 +38,12 @@ def version_check_image_task(version_id: int) -> str | None:
 def deploys_probe_task() -> dict[str, str] | None:
     """One round of the prober of deploys waiting for their health checks."""
     return lifecycle.deploys_probe()
+
+
+@shared_task
+def collected_records_purge_task() -> int:
+    """Data collection's retention: delete the records beyond each rule's limits."""
+    return collection.collected_records_purge()
 
 
 # The task that carries a service out of each transitional status.

@@ -33,6 +33,10 @@ def service_event_add(
         log.info("service %s is gone; dropped event %r", service_id, message)
 
 
+# Moves that end a running stretch: the auto-stop timer goes with it.
+AUTO_STOP_DISARMING = frozenset({ServiceStatus.STOPPING, ServiceStatus.FAILED, ServiceStatus.DELETING})
+
+
 def service_transition(
     service_id: uuid.UUID | str,
     *,
@@ -69,6 +73,9 @@ def service_transition(
             lease_token=None,
             lease_expires_at=None,
             health_wait_started_at=None,
+            # A service that stops (or never ran) has no auto-stop timer running;
+            # the next Running starts it again.
+            **({"auto_stop_at": None} if to in AUTO_STOP_DISARMING else {}),
         )
         if moved and event:
             service_event_add(service_id, event, level=event_level, detail=event_detail)

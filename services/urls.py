@@ -12,7 +12,14 @@ urlpatterns = [
     path("services/<uuid:service_id>/start/", views.service_start, name="start"),
     path("services/<uuid:service_id>/stop/", views.service_stop, name="stop"),
     path("services/<uuid:service_id>/delete/", views.service_delete, name="delete"),
+    path("services/<uuid:service_id>/auto-stop/", views.service_auto_stop, name="auto_stop"),
     path("services/<uuid:service_id>/predict/", views.service_predict, name="predict"),
+    path("services/<uuid:service_id>/collection/", views.service_collection_update, name="collection_update"),
+    path(
+        "services/<uuid:service_id>/collection/records.jsonl",
+        views.service_collection_export,
+        name="collection_export",
+    ),
     path("services/<uuid:service_id>/app-codes/", views.service_app_code_create, name="app_code_create"),
     path(
         "services/<uuid:service_id>/app-codes/<int:code_id>/revoke/",

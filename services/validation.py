@@ -20,7 +20,7 @@ from django.conf import settings
 from pools.models import Flavor, ResourcePool
 from pools.selectors import FlavorOption, flavor_options_for_pool, pool_list_for
 from services.choices import VersionStatus
-from services.models import AIApplicationVersion, Service
+from services.models import AIApplicationVersion, DataCollectionRule, Service
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -54,6 +54,10 @@ class DeployRequest:
     timeout_minutes: int
     is_websocket: bool
     configs: list[VersionConfigRequest] = field(default_factory=list)
+    # Calls per second over all gateway processes; None: no limit.
+    traffic_limit: int | None = None
+    # Hours after it turns Running that the service stops by itself; None: never.
+    auto_stop_hours: int | None = None
 
 
 class _Errors(dict[str, list[str]]):
@@ -191,12 +195,9 @@ def parse_deploy_request(*, owner: User, data: Mapping[str, Any]) -> DeployReque
 
     description = parse_description(data.get("description"), errors)
 
+    # A quick answer for the form; service_create counts again under a lock.
     if Service.objects.filter(owner=owner).count() >= settings.MAX_SERVICES_PER_USER:
-        errors.add(
-            "__all__",
-            f"You already have {settings.MAX_SERVICES_PER_USER} services, the most a user may deploy. "
-            "Delete one to deploy another.",
-        )
+        errors.add("__all__", service_limit_message(owner))
 
     pool = _parse_pool(data.get("pool"), errors, owner=owner)
     timeout_minutes = _as_int(
@@ -209,6 +210,8 @@ def parse_deploy_request(*, owner: User, data: Mapping[str, Any]) -> DeployReque
         default=settings.SERVICE_TIMEOUT_DEFAULT_MINUTES,
     )
     is_websocket = _as_bool(data.get("websocket", False))
+    traffic_limit = parse_traffic_limit(data.get("traffic_limit"), errors, is_websocket=is_websocket)
+    auto_stop_hours = parse_auto_stop_hours(data.get("auto_stop_hours"), errors)
 
     raw_configs = data.get("configs") or []
     if not isinstance(raw_configs, list) or not raw_configs:
@@ -250,7 +253,57 @@ def parse_deploy_request(*, owner: User, data: Mapping[str, Any]) -> DeployReque
         timeout_minutes=timeout_minutes,
         is_websocket=is_websocket,
         configs=configs,
+        traffic_limit=traffic_limit,
+        auto_stop_hours=auto_stop_hours,
     )
+
+
+def service_limit_message(owner: User) -> str:
+    """Why a user at the service limit cannot deploy, and what to delete first."""
+    broken = list(
+        Service.objects.filter(owner=owner, status__in=["failed", "abnormal"])
+        .order_by("name")
+        .values_list("name", flat=True)[:5]
+    )
+    first = f" Your Failed or Abnormal services are the first to go: {', '.join(broken)}." if broken else ""
+    return (
+        f"You already have {settings.MAX_SERVICES_PER_USER} services, the most a user may have in any status. "
+        f"Delete one to deploy another.{first}"
+    )
+
+
+TRAFFIC_LIMIT_MAX = 100_000
+AUTO_STOP_HOURS = (1, 2, 4, 8, 24)
+
+
+def parse_traffic_limit(value: Any, errors: _Errors, *, is_websocket: bool) -> int | None:
+    """Optional calls per second (1–100,000); empty or absent: no limit. Not for WebSocket services."""
+    if value is None or value == "":
+        return None
+    limit = _as_int(value, errors, "traffic_limit", "Traffic limit (calls per second)", 1, TRAFFIC_LIMIT_MAX)
+    if limit is not None and is_websocket:
+        errors.add("traffic_limit", "A WebSocket service cannot have a traffic limit: its calls are connections.")
+        return None
+    return limit
+
+
+def parse_auto_stop_change(value: Any) -> int | None:
+    """The auto-stop hours a running service is given (None: off); RequestInvalid if not a choice."""
+    errors = _Errors()
+    hours = parse_auto_stop_hours(value, errors)
+    if errors:
+        raise RequestInvalid(dict(errors))
+    return hours
+
+
+def parse_auto_stop_hours(value: Any, errors: _Errors) -> int | None:
+    """Optional hours (1, 2, 4, 8 or 24) after which a Running service stops by itself."""
+    if value is None or value == "" or value is False:
+        return None
+    if isinstance(value, bool) or str(value).strip() not in {str(hours) for hours in AUTO_STOP_HOURS}:
+        errors.add("auto_stop_hours", "Auto stop must be off or one of 1, 2, 4, 8 or 24 hours.")
+        return None
+    return int(str(value).strip())
 
 
 def _parse_pool(pool_ref: Any, errors: _Errors, *, owner: User) -> ResourcePool | None:
@@ -459,4 +512,63 @@ def parse_version_request(*, owner: User, data: Mapping[str, Any]) -> VersionReq
         health_path=health_path,
         predict_path=predict_path,
         is_websocket=_as_bool(data.get("websocket", False)),
+    )
+
+
+# --- Data collection -------------------------------------------------------------
+
+COLLECTION_KEEP_DAYS_MAX = 30
+COLLECTION_KEEP_RECORDS_MAX = 100_000
+
+
+@dataclass
+class CollectionRuleRequest:
+    is_enabled: bool
+    sample_percent: int
+    # A DataCollectionRule.Content value.
+    content: str
+    keep_days: int | None
+    keep_records: int | None
+
+
+def parse_collection_rule(*, service: Service, data: Mapping[str, Any]) -> CollectionRuleRequest:
+    """Check a service's data collection rule; raise RequestInvalid naming each bad field.
+
+    `data` holds is_enabled, sample_percent (1–100), content ("request",
+    "response" or "both"), keep_days (1–30, empty: no limit by age) and
+    keep_records (1–100,000, empty: no limit by count); one of the two limits
+    is needed. Every field is checked whether collection is on or off, so a
+    rule saved while off is ready to turn on.
+    """
+    errors = _Errors()
+    is_enabled = _as_bool(data.get("is_enabled", False))
+    if is_enabled and service.is_websocket:
+        errors.add(
+            "is_enabled",
+            "A WebSocket service cannot collect data: its calls are connections, not requests with answers.",
+        )
+    sample_percent = _as_int(data.get("sample_percent"), errors, "sample_percent", "Sampling rate (%)", 1, 100)
+    content = str(data.get("content") or "").strip()
+    if content not in DataCollectionRule.Content.values:
+        errors.add("content", "Choose what to keep: the request, the response, or both.")
+    keep_days = keep_records = None
+    if data.get("keep_days") not in (None, ""):
+        keep_days = _as_int(data.get("keep_days"), errors, "keep_days", "Days to keep", 1, COLLECTION_KEEP_DAYS_MAX)
+    if data.get("keep_records") not in (None, ""):
+        keep_records = _as_int(
+            data.get("keep_records"), errors, "keep_records", "Records to keep", 1, COLLECTION_KEEP_RECORDS_MAX
+        )
+    has_limit = any(data.get(key) not in (None, "") for key in ("keep_days", "keep_records"))
+    if not has_limit:
+        errors.add("keep_days", "Set how long records are kept: a number of days, a number of records, or both.")
+
+    if errors:
+        raise RequestInvalid(dict(errors))
+    assert sample_percent is not None  # without errors, it was parsed
+    return CollectionRuleRequest(
+        is_enabled=is_enabled,
+        sample_percent=sample_percent,
+        content=content,
+        keep_days=keep_days,
+        keep_records=keep_records,
     )

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -28,8 +28,15 @@ from services.forms import (
     deploy_form_context,
     version_data_from_post,
 )
-from services.models import Service
-from services.validation import RequestInvalid, parse_deploy_request, parse_version_request
+from services.models import DataCollectionRule, Service
+from services.validation import (
+    AUTO_STOP_HOURS,
+    RequestInvalid,
+    parse_auto_stop_change,
+    parse_collection_rule,
+    parse_deploy_request,
+    parse_version_request,
+)
 
 
 @login_required
@@ -117,9 +124,10 @@ DETAIL_TABS = {
     "prediction": "Prediction",
     "usage": "Usage Guide",
     "monitoring": "Monitoring",
+    "collection": "Data Collection",
 }
 # What an operator sees of another user's service: calling it and its app
-# codes stay with its owner.
+# codes stay with its owner (and so does the data its calls carried).
 OPERATOR_TABS = ("overview", "monitoring")
 MONITORING_MINUTES = 60
 
@@ -158,6 +166,7 @@ def _detail_page(
         "tabs": DETAIL_TABS if is_owner else {key: DETAIL_TABS[key] for key in OPERATOR_TABS},
         "is_owner": is_owner,
         "is_polling": tab == "overview" and service.is_transitional,
+        "auto_stop_choices": AUTO_STOP_HOURS,
         "api_url": prediction.gateway_url(service.id),
         "ws_url": prediction.gateway_websocket_url(service.id),
     }
@@ -167,6 +176,8 @@ def _detail_page(
         context.update(_prediction_context(extra.pop("data", None)))
     elif tab == "usage":
         context.update(_usage_context(service))
+    elif tab == "collection":
+        context.update(_collection_context(service, extra.pop("collection_data", None)))
     elif tab == "monitoring":
         context.update(_monitoring_context(service))
     context.update(extra)
@@ -194,6 +205,18 @@ def _monitoring_context(service: Service) -> dict[str, Any]:
         "call_summary": selectors.service_call_summary(service),
         "chart": calls_bar_chart(series, lambda start: timezone.localtime(start).strftime("%H:%M")),
         "chart_minutes": MONITORING_MINUTES,
+    }
+
+
+def _collection_context(service: Service, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    rule = selectors.collection_rule_for(service)
+    return {
+        "rule": rule,
+        "collection_data": data or _collection_data_of(rule),
+        "collection_contents": rule.Content.choices,
+        "collected_rows": selectors.collected_records_newest(service),
+        "collected_total": selectors.collected_records_count(service),
+        "body_max_kib": f"{settings.DATA_COLLECTION_BODY_MAX_BYTES / 1024:g}",
     }
 
 
@@ -258,6 +281,63 @@ def _prediction_response(
         return render(request, "services/service_detail_prediction.html#result", result, status=status)
     # Without JavaScript the form posts normally: show the whole tab again.
     return _detail_page(request, service.id, "prediction", status=status, data=data, **result)
+
+
+# --- Data collection --------------------------------------------------------------
+
+COLLECTION_FIELDS = ("sample_percent", "content", "keep_days", "keep_records")
+
+
+def _collection_data_of(rule: DataCollectionRule) -> dict[str, Any]:
+    """The rule as the tab's form shows it."""
+    return {
+        "is_enabled": rule.is_enabled,
+        "sample_percent": rule.sample_percent,
+        "content": rule.content,
+        "keep_days": rule.keep_days or "",
+        "keep_records": rule.keep_records or "",
+    }
+
+
+@login_required
+@require_POST
+def service_collection_update(request: ConsoleRequest, service_id: uuid.UUID) -> HttpResponse:
+    """Turn data collection on or off and set its rules (the owner only)."""
+    service = selectors.service_get_for(request.user, service_id)
+    data: dict[str, Any] = {name: request.POST.get(name, "").strip() for name in COLLECTION_FIELDS}
+    data["is_enabled"] = request.POST.get("is_enabled", "") == "on"
+    try:
+        rule_request = parse_collection_rule(service=service, data=data)
+    except RequestInvalid as exc:
+        return _collection_response(request, service, status=400, collection_data=data, collection_errors=exc.errors)
+    rule = actions.collection_rule_set(service=service, request=rule_request, actor=request.user)
+    note = (
+        f"Data collection is on: {rule.sample_percent}% of calls from the next one on."
+        if rule.is_enabled
+        else "Data collection is off; the records collected so far stay until their retention ends."
+    )
+    if request.htmx:
+        return _collection_response(request, service, collection_note=note)
+    messages.success(request, note)
+    return redirect(reverse("services:detail", args=[service.id]) + "?tab=collection")
+
+
+def _collection_response(request: ConsoleRequest, service: Service, *, status: int = 200, **extra: Any) -> HttpResponse:
+    if request.htmx:
+        context = {"service": service, **_collection_context(service, extra.pop("collection_data", None)), **extra}
+        return render(request, "services/service_detail_collection.html#rule", context, status=status)
+    return _detail_page(request, service.id, "collection", status=status, **extra)
+
+
+@login_required
+@require_GET
+def service_collection_export(request: ConsoleRequest, service_id: uuid.UUID) -> StreamingHttpResponse:
+    """Every collected record of the service as JSON Lines, streamed (the owner only)."""
+    service = selectors.service_get_for(request.user, service_id)
+    response = StreamingHttpResponse(selectors.collected_records_jsonl(service), content_type="application/x-ndjson")
+    filename = f"{service.name}-collected-{timezone.now():%Y%m%d-%H%M%S}.jsonl"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
 
 
 # --- App codes ------------------------------------------------------------------
@@ -327,6 +407,26 @@ def service_start(request: ConsoleRequest, service_id: uuid.UUID) -> HttpRespons
 @require_POST
 def service_stop(request: ConsoleRequest, service_id: uuid.UUID) -> HttpResponse:
     return _lifecycle(request, service_id, actions.service_stop, "Stopping {name}.", as_operator=True)
+
+
+@login_required
+@require_POST
+def service_auto_stop(request: ConsoleRequest, service_id: uuid.UUID) -> HttpResponse:
+    """Set, extend or turn off the auto-stop timer (the owner only)."""
+    service = selectors.service_get_for(request.user, service_id)
+    try:
+        hours = parse_auto_stop_change(request.POST.get("auto_stop_hours", ""))
+    except RequestInvalid as exc:
+        messages.error(request, exc.errors["auto_stop_hours"][0])
+    else:
+        actions.service_auto_stop_set(service=service, hours=hours, actor=request.user)
+        if hours:
+            messages.success(
+                request, f"{service.name} stops by itself {hours} hour{'s' if hours != 1 else ''} from now."
+            )
+        else:
+            messages.success(request, f"Auto stop of {service.name} is off.")
+    return redirect("services:detail", service_id=service.id)
 
 
 @login_required

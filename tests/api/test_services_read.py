@@ -89,6 +89,9 @@ def test_list_services_gives_each_service_its_summary(api, running, version):
         "error_msg": "1 of 2 instances is unhealthy",
         "timeout_minutes": 15,
         "websocket": False,
+        "traffic_limit": None,
+        "auto_stop_hours": None,
+        "auto_stop_at": None,
         "create_at": int(running.created_at.timestamp() * 1000),
     }
 

@@ -463,13 +463,17 @@ def test_deploy_rejects_websocket_for_a_version_that_is_not_websocket(owner_clie
 
 
 def test_deploy_refuses_a_service_beyond_the_per_user_quota(owner_client, form, owner, pool, settings):
-    settings.MAX_SERVICES_PER_USER = 1
+    settings.MAX_SERVICES_PER_USER = 2
     make_service(owner, pool, name="existing")
+    make_service(owner, pool, name="broken", status=ServiceStatus.FAILED)
     before = stored()
 
     response = post_deploy(owner_client, form)
 
-    message = "You already have 1 services, the most a user may deploy. Delete one to deploy another."
+    message = (
+        "You already have 2 services, the most a user may have in any status. Delete one to deploy another. "
+        "Your Failed or Abnormal services are the first to go: broken."
+    )
     assert_refused(response, "general", message, before)
 
 
