@@ -123,9 +123,14 @@ def test_a_deploying_service_with_no_healthy_instance_still_answers_503_deployin
         for status in (ServiceStatus.STOPPING, ServiceStatus.STOPPED, ServiceStatus.DEPLOYING):
             assert service_transition(service.id, to=status)
         Instance.objects.filter(service=service).update(is_healthy=False)
-        time_until_refused(caller, path, headers, 503)
-        status, body = caller.call(path, headers)
-        assert status == 503 and f"Service {service.id} is Deploying, not Running.".encode() in body
+        # The pushes of Stopping and Stopped answer 503 too: wait for the last one.
+        deploying = f"Service {service.id} is Deploying, not Running.".encode()
+        eventually(
+            lambda: (lambda answer: answer[0] == 503 and deploying in answer[1])(caller.call(path, headers)),
+            timeout=5,
+            interval=0.005,
+            message="the gateway never answered 503 Deploying",
+        )
         # One healthy instance is enough to route a Deploying service.
         Instance.objects.filter(service=service).update(is_healthy=True)
         time_until_refused(caller, path, headers, 200)
