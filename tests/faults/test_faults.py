@@ -83,6 +83,16 @@ def started_at(docker_client, service: Service) -> dict[str, str]:
     return {c.name: c.attrs["State"]["StartedAt"] for c in containers_of(docker_client, service.id)}
 
 
+def wait_until_restarted(docker_client, service: Service, before: dict[str, str]) -> None:
+    """Until a killed instance runs again (its start time moved) and the service is Running with 2/2."""
+    eventually(
+        lambda: started_at(docker_client, service) != before and all_instances_serving(service, docker_client, 2),
+        timeout=30,
+        interval=0.05,
+        message="the killed instance did not come back",
+    )
+
+
 # --- A model container killed -------------------------------------------------------------
 
 
@@ -94,12 +104,7 @@ def test_a_killed_model_container_is_back_and_no_call_fails(live_stack: Stack, t
         time.sleep(0.5)
         killed_at = time.monotonic()
         containers_of(docker_client, service.id)[0].kill()
-        eventually(
-            lambda: started_at(docker_client, service) != before and all_instances_serving(service, docker_client, 2),
-            timeout=30,
-            interval=0.05,
-            message="the killed instance did not come back",
-        )
+        wait_until_restarted(docker_client, service, before)
         recovered = time.monotonic() - killed_at
         time.sleep(0.5)
     row = FaultRow(
@@ -242,12 +247,7 @@ def test_a_killed_reconciler_repairs_what_broke_meanwhile_once_it_is_back(
         log_offset = live_stack.crash("reconciler")
         containers_of(docker_client, service.id)[0].kill()  # and nothing repairs it until it is back
         back_at = live_stack.wait_ready("reconciler", log_offset)
-        eventually(
-            lambda: started_at(docker_client, service) != before and all_instances_serving(service, docker_client, 2),
-            timeout=30,
-            interval=0.05,
-            message="the instance killed while the reconciler was down did not come back",
-        )
+        wait_until_restarted(docker_client, service, before)
         recovered = time.monotonic() - back_at
         time.sleep(0.5)
     row = FaultRow(
