@@ -106,7 +106,7 @@ async def load_table(
     instance_host: str,
     previous: RoutingTable | None,
     loaded_at: float,
-    chunk_rows: int = 250,
+    chunk_rows: int = 120,
 ) -> RoutingTable:
     """The whole table, `chunk_rows` rows at a time with a yield to the event
     loop between chunks, so calls keep flowing while a large table loads.
