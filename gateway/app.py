@@ -336,7 +336,7 @@ def _collection_done(
 def _refuse_over_limit(request: web.Request, service: ServiceRoute, started: float) -> web.Response:
     """A 429 for a call beyond the service's traffic limit, counted as a
     limited (and failed) call of the service."""
-    counted = next((v for v in service.versions if v.weight > 0), None)
+    counted = service.counted_version
     if counted is not None:
         request.app[STATS].record(
             service.service_id, counted.config_id, (time.perf_counter() - started) * 1000, True, is_limited=True
@@ -433,7 +433,7 @@ async def _proxy(
         return await _relay(request, answer, stats, service_id, version.config_id, started, collected)
 
     # A call that reached no model is still a failed call of the service.
-    counted = next((v for v in service.versions if v.weight > 0), None)
+    counted = service.counted_version
     if counted is not None:
         stats.record(service_id, counted.config_id, (time.perf_counter() - started) * 1000, True)
     if last_error:

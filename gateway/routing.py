@@ -78,6 +78,12 @@ class ServiceRoute:
     collect_response: bool = False
 
     @cached_property
+    def counted_version(self) -> VersionRoute | None:
+        """The version a call that reached no model is counted against (it is
+        still a failed call of the service): the first that takes traffic."""
+        return next((v for v in self.versions if v.weight > 0), None)
+
+    @cached_property
     def serving_versions(self) -> list[VersionRoute]:
         """Versions that take traffic and have a healthy instance (a route is
         never changed once published: a patch replaces it)."""

@@ -17,7 +17,7 @@ from django.db.models import ProtectedError
 from django.utils import timezone
 
 from services import tasks
-from services.choices import SUPERVISED_STATUSES, ServiceStatus, VersionStatus
+from services.choices import ServiceStatus, VersionStatus
 from services.models import (
     AIApplication,
     AIApplicationVersion,
@@ -31,6 +31,7 @@ from services.validation import (
     DeployRequest,
     RequestInvalid,
     VersionRequest,
+    hours_text,
     service_limit_message,
 )
 
@@ -171,14 +172,14 @@ def service_auto_stop_set(*, service: Service, hours: int | None, actor: User | 
     """Set (or, with None, turn off) the auto-stop timer. On a serving service
     the timer starts again from now, so setting the same hours extends it."""
     now = timezone.now()
-    is_serving = service.status in SUPERVISED_STATUSES
+    is_serving = service.is_supervised
     Service.objects.filter(id=service.id).update(
         auto_stop_hours=hours, auto_stop_at=now + timedelta(hours=hours) if hours and is_serving else None
     )
     who = f" by {actor.get_username()}" if actor is not None else ""
     if hours:
         when = "from now" if is_serving else "after it next turns Running"
-        service_event_add(service.id, f"Auto stop set to {hours} hour{'s' if hours != 1 else ''} {when}{who}")
+        service_event_add(service.id, f"Auto stop set to {hours_text(hours)} {when}{who}")
     else:
         service_event_add(service.id, f"Auto stop turned off{who}")
 

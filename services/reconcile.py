@@ -36,6 +36,7 @@ from services.lifecycle import (
 from services.models import AIApplicationVersion, Instance, Service, ServiceEvent
 from services.probes import probe_health
 from services.transitions import service_event_add, service_transition
+from services.validation import hours_text
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +357,7 @@ def _auto_stop_due(services: dict[str, Service], now: datetime, report: Reconcil
         if service.status not in SUPERVISED_STATUSES or service.auto_stop_at is None or service.auto_stop_at > now:
             continue
         hours = service.auto_stop_hours
-        after = f"{hours} hour{'s' if hours != 1 else ''} after it turned Running" if hours else "as set"
+        after = f"{hours_text(hours)} after it turned Running" if hours else "as set"
         if service_transition(
             service.id,
             to=ServiceStatus.STOPPING,

@@ -237,16 +237,21 @@ def service_page_for(user: User, query: ServiceListQuery) -> ServicePage:
 WATCHED_ROWS_MAX = max(SERVICE_PAGE_SIZES)
 
 
-def service_rows_watched_for(user: User, query: ServiceListQuery, watched: Iterable[str]) -> ServicePage:
-    """The list's poll: the rows it watches (transitional ones on screen), as
-    they are now, and the counts; a watched row that is gone is simply absent."""
-    all_users = query.is_all_users and user.is_staff
+def watched_ids(values: Iterable[str]) -> list[uuid.UUID]:
+    """The service ids a list poll watches, as sent; what is not an id is dropped."""
     ids = []
-    for value in list(watched)[:WATCHED_ROWS_MAX]:
+    for value in list(values)[:WATCHED_ROWS_MAX]:
         try:
             ids.append(uuid.UUID(value))
         except ValueError:
             continue
+    return ids
+
+
+def service_rows_watched_for(user: User, query: ServiceListQuery, ids: list[uuid.UUID]) -> ServicePage:
+    """The list's poll: the rows it watches (transitional ones on screen), as
+    they are now, and the counts; a watched row that is gone is simply absent."""
+    all_users = query.is_all_users and user.is_staff
     rows = list(service_list_for(user, all_users=all_users).filter(id__in=ids)) if ids else []
     if all_users:
         _owner_links(rows, query)

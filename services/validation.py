@@ -287,6 +287,10 @@ def parse_traffic_limit(value: Any, errors: _Errors, *, is_websocket: bool) -> i
     return limit
 
 
+def hours_text(hours: int) -> str:
+    return f"{hours} hour{'s' if hours != 1 else ''}"
+
+
 def parse_auto_stop_change(value: Any) -> int | None:
     """The auto-stop hours a running service is given (None: off); RequestInvalid if not a choice."""
     errors = _Errors()

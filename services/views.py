@@ -32,6 +32,7 @@ from services.models import DataCollectionRule, Service
 from services.validation import (
     AUTO_STOP_HOURS,
     RequestInvalid,
+    hours_text,
     parse_auto_stop_change,
     parse_collection_rule,
     parse_deploy_request,
@@ -65,16 +66,16 @@ def service_list(request: ConsoleRequest) -> HttpResponse:
 def _service_list_poll(request: ConsoleRequest, query: selectors.ServiceListQuery) -> HttpResponse:
     """The rows the list watches, out of band, and the counts; the poller goes
     on while any of them is still transitional."""
-    watched = request.GET.getlist("watch")
+    watched = selectors.watched_ids(request.GET.getlist("watch"))
     page = selectors.service_rows_watched_for(request.user, query, watched)
-    found = {str(service.id) for service in page.services}
+    found = {service.id for service in page.services}
     context: dict[str, Any] = {
         "services": page.services,
         "page": page,
         "query": query,
         "is_polling": page.has_transitional,
         # Rows that went away (deleted, or no longer this user's to see).
-        "gone_ids": [value for value in watched[: selectors.WATCHED_ROWS_MAX] if value not in found],
+        "gone_ids": [service_id for service_id in watched if service_id not in found],
     }
     if query.is_all_users:
         context["overview"] = selectors.operator_overview(query)
@@ -421,9 +422,7 @@ def service_auto_stop(request: ConsoleRequest, service_id: uuid.UUID) -> HttpRes
     else:
         actions.service_auto_stop_set(service=service, hours=hours, actor=request.user)
         if hours:
-            messages.success(
-                request, f"{service.name} stops by itself {hours} hour{'s' if hours != 1 else ''} from now."
-            )
+            messages.success(request, f"{service.name} stops by itself {hours_text(hours)} from now.")
         else:
             messages.success(request, f"Auto stop of {service.name} is off.")
     return redirect("services:detail", service_id=service.id)

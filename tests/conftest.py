@@ -40,7 +40,15 @@ def remove_test_containers() -> None:
     for info in runtime.list_managed_containers(settings.DOCKER_HOST, settings.CONSOLE_ID):
         runtime.remove_container(settings.DOCKER_HOST, info.name)
     for name in runtime.list_managed_networks(settings.DOCKER_HOST, settings.CONSOLE_ID):
-        runtime.remove_network(settings.DOCKER_HOST, name)
+        # A container removal the engine answered 409 to ("already in progress")
+        # may still hold the network for a moment.
+        eventually(
+            lambda name=name: runtime.remove_network(settings.DOCKER_HOST, name) is None,
+            timeout=10,
+            interval=0.1,
+            message=f"network {name} could not be removed",
+            ignoring=(runtime.EngineError,),
+        )
 
 
 @pytest.fixture
