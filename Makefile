@@ -51,11 +51,11 @@ lint: ## syntax and type checks: shell scripts, Python byte-compile, ruff, mypy,
 	bash -n scripts/engine-firewall.sh
 	bash -n .ci/run
 	@if command -v shellcheck >/dev/null; then shellcheck -S warning scripts/bootstrap.sh .ci/run; fi
-	$(PY) -m compileall -q common console services pools access api gateway tests examples bench
+	$(PY) -m compileall -q common console services pools access api gateway metering tests examples bench
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 # The django-stubs plugin imports the settings, which want a SECRET_KEY; a type check needs no real one.
-	SECRET_KEY="$${SECRET_KEY:-type-check-only}" .venv/bin/mypy common console services pools access api gateway
+	SECRET_KEY="$${SECRET_KEY:-type-check-only}" .venv/bin/mypy common console services pools access api gateway metering
 	$(PY) manage.py check
 
 clean: ## remove .run and every container labelled rts.console (the console's model instances)

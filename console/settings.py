@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "services",
     "access",
     "api",
+    "metering",
     # Throttles logins: the console's, the admin's and POST /api/v1/auth/tokens.
     "axes",
 ]

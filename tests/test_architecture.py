@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("access", "api", "common", "console", "gateway", "pools", "services")
+PACKAGES = ("access", "api", "common", "console", "gateway", "metering", "pools", "services")
 
 
 def project_modules() -> dict[str, Path]:
