@@ -234,6 +234,12 @@ MAX_INSTANCES_PER_VERSION = env_int("MAX_INSTANCES_PER_VERSION", 128)
 MAX_SERVICES_PER_USER = env_int("MAX_SERVICES_PER_USER", 20)
 # Version rows (gray launch) in one service; a request with more is refused before any is read.
 MAX_CONFIGS_PER_SERVICE = env_int("MAX_CONFIGS_PER_SERVICE", 10)
+# What one instance takes from its node beyond its flavor (the container's
+# init, logging and the engine's own bookkeeping), in pool accounting.
+INSTANCE_OVERHEAD_CPUS = env_float("INSTANCE_OVERHEAD_CPUS", 0.05)
+INSTANCE_OVERHEAD_MEMORY_MIB = env_int("INSTANCE_OVERHEAD_MEMORY_MIB", 32)
+if INSTANCE_OVERHEAD_CPUS < 0 or INSTANCE_OVERHEAD_MEMORY_MIB < 0:
+    raise ImproperlyConfigured("INSTANCE_OVERHEAD_CPUS and INSTANCE_OVERHEAD_MEMORY_MIB must not be negative")
 SERVICE_TIMEOUT_DEFAULT_MINUTES = 20
 SERVICE_TIMEOUT_MIN_MINUTES = env_int("SERVICE_TIMEOUT_MIN_MINUTES", 3)
 SERVICE_TIMEOUT_MAX_MINUTES = 120

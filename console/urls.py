@@ -10,6 +10,7 @@ urlpatterns = [
     path("api/v1/", include("api.urls")),
     path("access/", include("access.urls")),
     path("usage/", include("metering.urls")),
+    path("pools/", include("pools.urls")),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", ConsoleLogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

@@ -1,8 +1,31 @@
+from __future__ import annotations
+
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+
+# How far a pool may sell its engines' CPU and memory beyond what they have:
+# 1.0 is no overcommit; past 16 the limits stop meaning anything.
+OVERCOMMIT_MIN = Decimal("1.0")
+OVERCOMMIT_MAX = Decimal("16.0")
+
+
+def overcommit_rule(label: str) -> str:
+    return f"{label} overcommit must be from {OVERCOMMIT_MIN} (none) to {OVERCOMMIT_MAX}."
+
+
+def _overcommit_field(label: str, resource: str) -> models.DecimalField:
+    message = overcommit_rule(label)
+    return models.DecimalField(
+        max_digits=4,
+        decimal_places=2,
+        default=OVERCOMMIT_MIN,
+        validators=[MinValueValidator(OVERCOMMIT_MIN, message), MaxValueValidator(OVERCOMMIT_MAX, message)],
+        help_text=f"Instances may be given this many times the {resource} its engines have (1.0: no overcommit).",
+    )
 
 
 class ResourcePool(models.Model):
@@ -22,6 +45,18 @@ class ResourcePool(models.Model):
         related_name="dedicated_pools",
         help_text="Owner of a dedicated pool; empty for a public pool.",
     )
+    cpu_overcommit = _overcommit_field("CPU", "CPU")
+    memory_overcommit = _overcommit_field("Memory", "memory")
+    # Which flavors users may deploy here. A flag rather than "no flavors
+    # chosen means all": an empty choice reads as "none", and a pool that offers
+    # every flavor also offers the ones added after it was set up.
+    offers_every_flavor = models.BooleanField(default=True)
+    flavors: models.ManyToManyField[Flavor, Any] = models.ManyToManyField(
+        "Flavor",
+        blank=True,
+        related_name="offering_pools",
+        help_text="The flavors offered when the pool does not offer every flavor.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -31,7 +66,15 @@ class ResourcePool(models.Model):
                 condition=models.Q(is_public=True, owner__isnull=True) | models.Q(is_public=False, owner__isnull=False),
                 name="pool_public_xor_owner",
                 violation_error_message="A public pool has no owner; a dedicated pool has one.",
-            )
+            ),
+            models.CheckConstraint(
+                condition=models.Q(cpu_overcommit__gte=OVERCOMMIT_MIN, cpu_overcommit__lte=OVERCOMMIT_MAX),
+                name="pool_cpu_overcommit_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(memory_overcommit__gte=OVERCOMMIT_MIN, memory_overcommit__lte=OVERCOMMIT_MAX),
+                name="pool_memory_overcommit_range",
+            ),
         ]
 
     def __str__(self) -> str:

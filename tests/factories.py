@@ -146,3 +146,27 @@ def create_service(owner, version, **overrides) -> Service:
 
     request = parse_deploy_request(owner=owner, data=deploy_data(version, **overrides))
     return service_create(owner=owner, request=request)
+
+
+def make_staff(username: str = "operator"):
+    """A staff user (an operator), password `<username>-pass-123`."""
+    user = make_user(username)
+    user.is_staff = True
+    user.save(update_fields=["is_staff"])
+    return user
+
+
+def place_instance(
+    service: Service, node: Node, *, index: int = 0, state: str = InstanceState.RUNNING, config=None
+) -> Instance:
+    """An instance row of the service's configuration (its only one unless given)
+    placed on `node`, whatever pool that node is in (no container)."""
+    config = config or service.configs.get()
+    return Instance.objects.create(
+        service=service,
+        config=config,
+        index=index,
+        node=node,
+        container_name=f"rts-{service.id}-{config.position}-{index}",
+        state=state,
+    )

@@ -39,8 +39,16 @@ class Command(BaseCommand):
         password_file = Path(settings.BASE_DIR) / ".run" / "admin-password"
         with transaction.atomic():
             admin, password = self._admin(password_file)
+            # Overcommitted so that a 2-core machine runs a few dozen small
+            # services; an operator's later change of the ratios is kept.
             pool, _ = ResourcePool.objects.get_or_create(
-                name="public-cpu", defaults={"description": "Public pool on the local Docker engine", "is_public": True}
+                name="public-cpu",
+                defaults={
+                    "description": "Public pool on the local Docker engine",
+                    "is_public": True,
+                    "cpu_overcommit": Decimal("8"),
+                    "memory_overcommit": Decimal("4"),
+                },
             )
             Node.objects.get_or_create(name="local", defaults={"pool": pool, "docker_host": settings.DOCKER_HOST})
             for order, (code, display, cpus, memory, gpus, is_free) in enumerate(FLAVORS):

@@ -1,0 +1,227 @@
+"""Writes that operators ask for on the pool pages: pools and their nodes.
+
+Each validates what needs other rows, then writes inside a transaction. The
+deletes lock the row first: a service or instance written at the same time
+takes a key-share lock on the row it points at, so either it commits first
+and the delete sees it and refuses, or it waits for the delete and fails.
+"""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError, Q
+from django.utils import timezone
+
+from pools.models import Node, ResourcePool
+from pools.selectors import node_capacity_list
+from pools.validation import NodeChange, NodeRequest, PoolRequest
+from services import runtime
+from services.models import Service
+from services.validation import RequestInvalid
+
+# A refusal names at most this many services, then says how many more.
+NAMES_SHOWN = 10
+
+
+class ActionRefused(Exception):
+    """The action makes no sense in the pool's or node's current state; the message says why."""
+
+
+def _service_names(services: list[Service]) -> str:
+    """ "fraud-check (alice), ocr (bob) and 3 more": names are unique per owner only."""
+    shown = [f"{service.name} ({service.owner.get_username()})" for service in services[:NAMES_SHOWN]]
+    more = len(services) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
+
+
+def _name_taken(name: str) -> RequestInvalid:
+    return RequestInvalid({"name": [f"A pool named {name} exists already; choose another name."]})
+
+
+# --- Pools -----------------------------------------------------------------------------
+
+
+def pool_create(*, request: PoolRequest) -> ResourcePool:
+    """Store a new pool (no nodes yet). Not repeatable: the name is unique."""
+    if ResourcePool.objects.filter(name=request.name).exists():
+        raise _name_taken(request.name)
+    try:
+        with transaction.atomic():
+            pool = ResourcePool.objects.create(
+                name=request.name,
+                description=request.description,
+                is_public=request.owner is None,
+                owner=request.owner,
+                cpu_overcommit=request.cpu_overcommit,
+                memory_overcommit=request.memory_overcommit,
+                offers_every_flavor=request.offers_every_flavor,
+            )
+            pool.flavors.set(request.flavors)
+    except IntegrityError:
+        # Another operator created the same name a moment ago.
+        raise _name_taken(request.name) from None
+    return pool
+
+
+def pool_update(*, pool: ResourcePool, request: PoolRequest) -> ResourcePool:
+    """Change a pool's name, description, owner, ratios and flavors. Safe to repeat.
+
+    A pool may be dedicated to a user only while every service in it is
+    theirs: a dedicated pool is for its owner alone. Lowering a ratio is
+    allowed even below what is placed; the pages then show the node as over.
+    """
+    try:
+        with transaction.atomic():
+            locked = ResourcePool.objects.select_for_update().get(id=pool.id)
+            if ResourcePool.objects.filter(name=request.name).exclude(id=locked.id).exists():
+                raise _name_taken(request.name)
+            if request.owner is not None:
+                foreign = list(
+                    Service.objects.filter(pool=locked)
+                    .exclude(owner=request.owner)
+                    .select_related("owner")
+                    .order_by("name")
+                )
+                if foreign:
+                    raise RequestInvalid(
+                        {
+                            "owner": [
+                                f"Pool {locked.name} has services of other users: {_service_names(foreign)}. "
+                                f"It can be dedicated to {request.owner.get_username()} only once every "
+                                "service in it is theirs."
+                            ]
+                        }
+                    )
+            locked.name = request.name
+            locked.description = request.description
+            locked.is_public = request.owner is None
+            locked.owner = request.owner
+            locked.cpu_overcommit = request.cpu_overcommit
+            locked.memory_overcommit = request.memory_overcommit
+            locked.offers_every_flavor = request.offers_every_flavor
+            locked.save()
+            # The chosen flavors are kept while the pool offers every flavor,
+            # so switching back to a chosen list finds them as they were.
+            if not request.offers_every_flavor:
+                locked.flavors.set(request.flavors)
+    except IntegrityError:
+        raise _name_taken(request.name) from None
+    return locked
+
+
+def pool_delete(*, pool: ResourcePool) -> None:
+    """Delete a pool and its nodes in one transaction, or refuse, naming the
+    services still in it (or placed on its nodes). Deleting a deleted pool is
+    refused too, so a second click says what happened."""
+    with transaction.atomic():
+        locked = ResourcePool.objects.select_for_update().filter(id=pool.id).first()
+        if locked is None:
+            raise ActionRefused(f"Pool {pool.name} was already deleted.")
+        # Locked before the check, so an instance being placed on one of them
+        # either is seen below or waits and then fails.
+        list(Node.objects.select_for_update().filter(pool=locked))
+        services = list(
+            Service.objects.filter(Q(pool=locked) | Q(instances__node__pool=locked))
+            .select_related("owner")
+            .distinct()
+            .order_by("name")
+        )
+        if services:
+            raise ActionRefused(
+                f"Pool {locked.name} still has {len(services)} service{'s' if len(services) != 1 else ''}: "
+                f"{_service_names(services)}. Their owners delete them first; then the pool can go."
+            )
+        try:
+            Node.objects.filter(pool=locked).delete()
+            locked.delete()
+        except ProtectedError:
+            # Only a row the check could not see: one committed by a transaction that began earlier.
+            raise ActionRefused(f"Pool {locked.name} just got a service; reload the page to see it.") from None
+
+
+# --- Nodes -----------------------------------------------------------------------------
+
+
+def node_add(*, pool: ResourcePool, request: NodeRequest) -> Node:
+    """Read the engine's CPU and memory, then store the node, enabled and
+    reachable. Nothing is stored when the engine does not answer. Not
+    repeatable: node names, and engines, are unique."""
+    errors: dict[str, list[str]] = {}
+    if (named := Node.objects.filter(name=request.name).select_related("pool").first()) is not None:
+        errors["name"] = [
+            f"A node named {request.name} exists already (in pool {named.pool.name}); node names are unique."
+        ]
+    if (same := Node.objects.filter(docker_host=request.docker_host).select_related("pool").first()) is not None:
+        # Two nodes on one engine would offer its CPU and memory twice.
+        errors["docker_host"] = [
+            f"This engine is node {same.name} of pool {same.pool.name} already; an engine can be one node only."
+        ]
+    if errors:
+        raise RequestInvalid(errors)
+    try:
+        info = runtime.engine_info(request.docker_host)
+    except runtime.EngineError as exc:
+        raise RequestInvalid(
+            {
+                "docker_host": [
+                    f"{exc}. Nothing was saved: check the URL and that the engine runs, then add the node again."
+                ]
+            }
+        ) from None
+    try:
+        with transaction.atomic():
+            return Node.objects.create(
+                pool=pool,
+                name=request.name,
+                docker_host=request.docker_host,
+                gpu_count=request.gpu_count,
+                cpu_count=info.cpu_count,
+                memory_mib=info.memory_mib,
+                is_reachable=True,
+                is_enabled=True,
+                checked_at=timezone.now(),
+            )
+    except IntegrityError:
+        raise RequestInvalid({"name": [f"A node named {request.name} exists already; choose another name."]}) from None
+
+
+def node_update(*, node: Node, change: NodeChange) -> Node:
+    """Enable or disable a node and set its declared GPUs. Safe to repeat.
+
+    The GPUs cannot drop below what its instances use: those instances would
+    hold GPUs the node no longer declares."""
+    with transaction.atomic():
+        locked = Node.objects.select_for_update(of=("self",)).select_related("pool").get(id=node.id)
+        used = node_capacity_list([locked])[0].used.gpus
+        if change.gpu_count < used:
+            raise RequestInvalid(
+                {
+                    "gpu_count": [
+                        f"The instances on {locked.name} use {used} GPU{'s' if used != 1 else ''}; "
+                        "declare at least that many."
+                    ]
+                }
+            )
+        Node.objects.filter(id=locked.id).update(is_enabled=change.is_enabled, gpu_count=change.gpu_count)
+    locked.is_enabled, locked.gpu_count = change.is_enabled, change.gpu_count
+    return locked
+
+
+def node_remove(*, node: Node) -> None:
+    """Delete a node, or refuse while instances are placed on it, naming their services."""
+    with transaction.atomic():
+        locked = Node.objects.select_for_update().filter(id=node.id).first()
+        if locked is None:
+            raise ActionRefused(f"Node {node.name} was already removed.")
+        services = list(
+            Service.objects.filter(instances__node=locked).select_related("owner").distinct().order_by("name")
+        )
+        if services:
+            raise ActionRefused(
+                f"Node {locked.name} still holds instances of {_service_names(services)}; they stay placed "
+                "until their services are deleted. Disable the node so that no new instance lands on it."
+            )
+        try:
+            locked.delete()
+        except ProtectedError:
+            raise ActionRefused(f"Node {locked.name} just got an instance; reload the page to see it.") from None
