@@ -265,6 +265,11 @@ def _schemas() -> dict[str, Any]:
                             "items": _ref("Event"),
                             "description": "The latest 200, newest first.",
                         },
+                        "update_history": {
+                            "type": "array",
+                            "items": _ref("ServiceUpdate"),
+                            "description": "The latest 50 changes of config or description, newest first.",
+                        },
                     },
                 },
             ]
@@ -280,6 +285,47 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "properties": {"status": {"type": "string", "enum": ["stopped", "running"]}},
             "required": ["status"],
+        },
+        "ServiceChange": {
+            "type": "object",
+            "description": "What to change; what is left out stays. New weights alone take effect at once; "
+            "any other change of config is a live update: the service turns upgrading, the new instances pass "
+            "their health checks before traffic moves to them, the old ones are removed after their calls in "
+            "flight finish, and an update that is not healthy within the timeout is rolled back.",
+            "properties": {
+                "description": {"type": "string", "maxLength": 100},
+                "config": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _ref("ServiceConfigRequest"),
+                    "description": "Every version the service is to run, as when deploying: weights add up to "
+                    "100, each version once, all of the service's AI application.",
+                },
+                "websocket": {
+                    "type": "boolean",
+                    "description": "Fixed at deployment: only its current value is accepted.",
+                },
+            },
+        },
+        "ServiceUpdate": {
+            "type": "object",
+            "properties": {
+                "update_id": {"type": "integer"},
+                "requested_by": {"type": ["string", "null"]},
+                "create_at": timestamp,
+                "finish_at": {**timestamp, "type": ["integer", "null"]},
+                "outcome": {"type": "string", "enum": ["in_progress", "succeeded", "rolled_back", "abandoned"]},
+                "reason": {"type": "string", "description": "Why it was rolled back."},
+                "before": _ref("ServiceSide"),
+                "after": _ref("ServiceSide"),
+            },
+        },
+        "ServiceSide": {
+            "type": "object",
+            "properties": {
+                "description": {"type": "string"},
+                "config": {"type": "array", "items": _ref("ServiceConfig")},
+            },
         },
         "Specification": {
             "type": "object",
@@ -424,14 +470,17 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _json(_ref("Service"), "The service."), "404": _error("NotFound"), **common},
             },
             "put": {
-                "operationId": "updateServiceStatus",
-                "summary": 'Stop ({"status": "stopped"}) or start ({"status": "running"}) a service',
+                "operationId": "updateService",
+                "summary": 'Stop ({"status": "stopped"}) or start ({"status": "running"}) a service, or change '
+                "its config and/or description",
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": _ref("ServiceStatusUpdate")}},
+                    "content": {
+                        "application/json": {"schema": {"oneOf": [_ref("ServiceStatusUpdate"), _ref("ServiceChange")]}}
+                    },
                 },
                 "responses": {
-                    "200": _json(_ref("Service"), "The service, now stopping or deploying."),
+                    "200": _json(_ref("Service"), "The service, now stopping, deploying, upgrading or changed."),
                     "404": _error("NotFound"),
                     "409": _error("Conflict"),
                     **with_body,

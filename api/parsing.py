@@ -86,25 +86,26 @@ def _default_pool_ref(user: User, body: Mapping[str, Any]) -> Any:
     return pool_name
 
 
+def _configs_from_api(raw_configs: Any) -> Any:
+    """`config` rows with the API's field names, as services.validation reads them."""
+    if not isinstance(raw_configs, list):
+        return raw_configs
+    return [
+        {
+            "app_version": raw.get("model_id"),
+            "flavor": raw.get("specification"),
+            "instance_count": raw.get("instance_count"),
+            "weight": raw.get("weight"),
+            "envs": raw.get("envs"),
+        }
+        if isinstance(raw, Mapping)
+        else raw  # validation names the item that is not an object
+        for raw in raw_configs
+    ]
+
+
 def deploy_data_from_api(user: User, body: Mapping[str, Any]) -> dict[str, Any]:
     """The `data` parse_deploy_request takes, from a ModelArts-style body."""
-    raw_configs = body.get("config")
-    configs: Any
-    if isinstance(raw_configs, list):
-        configs = [
-            {
-                "app_version": raw.get("model_id"),
-                "flavor": raw.get("specification"),
-                "instance_count": raw.get("instance_count"),
-                "weight": raw.get("weight"),
-                "envs": raw.get("envs"),
-            }
-            if isinstance(raw, Mapping)
-            else raw  # validation names the item that is not an object
-            for raw in raw_configs
-        ]
-    else:
-        configs = raw_configs
     return {
         "name": body.get("service_name"),
         "description": body.get("description"),
@@ -113,8 +114,24 @@ def deploy_data_from_api(user: User, body: Mapping[str, Any]) -> dict[str, Any]:
         "websocket": body.get("websocket", False),
         "traffic_limit": body.get("traffic_limit"),
         "auto_stop_hours": body.get("auto_stop_hours"),
-        "configs": configs,
+        "configs": _configs_from_api(body.get("config")),
     }
+
+
+# The fields of a PUT that change a service (the others, status aside, are fixed at deployment).
+UPDATE_FIELDS = ("config", "description", "websocket")
+
+
+def update_data_from_api(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The `data` parse_update_request takes: only the fields the body has."""
+    data: dict[str, Any] = {}
+    if "description" in body:
+        data["description"] = body["description"]
+    if "websocket" in body:
+        data["websocket"] = body["websocket"]
+    if "config" in body:
+        data["configs"] = _configs_from_api(body["config"])
+    return data
 
 
 def version_data_from_api(body: Mapping[str, Any]) -> dict[str, Any]:

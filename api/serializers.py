@@ -9,9 +9,16 @@ from django.conf import settings
 
 from pools.models import ResourcePool
 from pools.selectors import FlavorOption
-from services.choices import ServiceStatus
+from services.choices import ConfigPhase, ServiceStatus
 from services.contract import infer_url
-from services.models import AIApplicationVersion, Instance, Service, ServiceEvent, ServiceVersionConfig
+from services.models import (
+    AIApplicationVersion,
+    Instance,
+    Service,
+    ServiceEvent,
+    ServiceUpdate,
+    ServiceVersionConfig,
+)
 
 # ModelArts says "concerning" where the console says Alarm; every other status
 # is its value in lower case.
@@ -50,14 +57,20 @@ def model_data(version: AIApplicationVersion) -> dict[str, Any]:
 
 def config_data(config: ServiceVersionConfig) -> dict[str, Any]:
     """Needs `app_version__application` and `flavor` selected."""
+    return config.summary()
+
+
+def update_data(update: ServiceUpdate) -> dict[str, Any]:
+    """One entry of a service's update history; needs `requested_by` selected."""
     return {
-        "model_id": config.app_version_id,
-        "model_name": config.app_version.application.name,
-        "model_version": config.app_version.version,
-        "weight": config.weight,
-        "specification": config.flavor.code,
-        "instance_count": config.instance_count,
-        "envs": config.envs or {},
+        "update_id": update.id,
+        "requested_by": update.requested_by.get_username() if update.requested_by else None,
+        "create_at": epoch_ms(update.created_at),
+        "finish_at": epoch_ms(update.finished_at) if update.finished_at else None,
+        "outcome": update.outcome,
+        "reason": update.reason,
+        "before": update.before,
+        "after": update.after,
     }
 
 
@@ -90,7 +103,8 @@ def service_summary(service: Service) -> dict[str, Any]:
         "status": service_status_name(service.status),
         "pool_name": service.pool.name,
         "access_address": access_address(service),
-        "config": [config_data(config) for config in service.configs.all()],
+        # A live update's new configurations join once traffic moved to them.
+        "config": [config_data(config) for config in service.configs.all() if config.phase == ConfigPhase.SERVING],
         "invocation_times": service.invocation_times,
         "failed_times": service.failed_times,
         "error_msg": service.status_reason,
@@ -110,6 +124,7 @@ def service_data(service: Service) -> dict[str, Any]:
         **service_summary(service),
         "instances": [instance_data(instance) for instance in service.instance_rows],
         "events": [event_data(event) for event in service.event_rows],
+        "update_history": [update_data(update) for update in service.update_rows],
     }
 
 

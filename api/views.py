@@ -16,8 +16,10 @@ from api.openapi import openapi_document
 from api.parsing import (
     MODEL_FIELDS,
     SERVICE_FIELDS,
+    UPDATE_FIELDS,
     deploy_data_from_api,
     token_request_from_api,
+    update_data_from_api,
     validation_error,
     version_data_from_api,
 )
@@ -27,7 +29,7 @@ from services import actions, selectors
 from services.choices import ServiceStatus
 from services.contract import ErrorCode
 from services.models import AIApplicationVersion, Service
-from services.validation import RequestInvalid, parse_deploy_request, parse_version_request
+from services.validation import RequestInvalid, parse_deploy_request, parse_update_request, parse_version_request
 
 # PUT {"status": ...} → the action that moves the service there.
 _STATUS_ACTIONS = {
@@ -159,14 +161,38 @@ def service(request: HttpRequest, service_id: str, *, user: User) -> HttpRespons
 
     target = _service_for(user, service_id)
     body = json_body(request)
+    changes = [key for key in UPDATE_FIELDS if key in body]
+    if "status" not in body and changes:
+        try:
+            update_request = parse_update_request(service=target, data=update_data_from_api(body))
+            actions.service_update(service=target, request=update_request, actor=user)
+        except RequestInvalid as exc:
+            raise validation_error(exc.errors, SERVICE_FIELDS) from None
+        except actions.ActionRefused as exc:
+            raise _refused(exc) from None
+        return JsonResponse(_service_detail(user, service_id))
+    if changes:
+        raise ApiError(
+            400,
+            ErrorCode.VALIDATION_FAILED,
+            f"The request is invalid. status: cannot be changed together with {', '.join(changes)}; "
+            "send them in two requests.",
+            {"status": [f"Status cannot be changed together with {', '.join(changes)}; send two requests."]},
+        )
     status = body.get("status")
     action = _STATUS_ACTIONS.get(status) if isinstance(status, str) else None
     if action is None:
         raise ApiError(
             400,
             ErrorCode.VALIDATION_FAILED,
-            'The request is invalid. status: must be "stopped" or "running".',
-            {"status": ['Status must be "stopped" (to stop the service) or "running" (to start it).']},
+            'The request is invalid. status: must be "stopped" or "running" (or send config and/or description '
+            "to update the service).",
+            {
+                "status": [
+                    'Status must be "stopped" (to stop the service) or "running" (to start it); to update the '
+                    "service, send config and/or description instead."
+                ]
+            },
         )
     try:
         action(service=target, actor=user)

@@ -274,6 +274,10 @@ GATEWAY_FULL_RELOAD_SECONDS = GATEWAY.full_reload_seconds
 # A deploy waits this long for every live gateway process to route the
 # service before marking it Running (services.routing_sync).
 ROUTING_SYNC_TIMEOUT_SECONDS = env_float("ROUTING_SYNC_TIMEOUT_SECONDS", 2.0)
+# A live update removes the containers of the versions it replaces once no
+# gateway process has a call in flight that could reach them, or after this
+# long (a call in flight is cut then): by default the gateway's call timeout.
+UPDATE_DRAIN_TIMEOUT_SECONDS = env_float("UPDATE_DRAIN_TIMEOUT_SECONDS", GATEWAY.call_timeout_seconds + 5)
 ACCESS_TOKEN_DEFAULT_DAYS = 90
 ACCESS_TOKEN_MAX_DAYS = 365
 # Live API tokens per user; creating one more revokes the oldest.

@@ -61,6 +61,8 @@ REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 INFER_ROUTE = "infer"
 # The service a call was authorized for (the only service id a metric is labelled with).
 AUTHORIZED_SERVICE = "rts.authorized_service"
+# The routes a call holds in flight (routing.InFlight), released when it ends.
+HELD_ROUTES = "rts.held_routes"
 PREFIX_LENGTH = len(INFER_PREFIX)
 # Answers up to this size (with a Content-Length) are read whole and sent in
 # one write; larger ones are streamed.
@@ -268,6 +270,18 @@ async def infer(request: web.Request) -> web.StreamResponse:
     service = _callable_service(request)
     if isinstance(service, web.Response):
         return service
+    # Counted before the first await: a drain that finds no call held against a
+    # version knows no call can still reach it.
+    inflight = request.app[TABLE].inflight
+    held = request[HELD_ROUTES] = [inflight.hold(service)]
+    try:
+        return await _call(request, service, started)
+    finally:
+        for config_ids in held:
+            inflight.release(config_ids)
+
+
+async def _call(request: web.Request, service: ServiceRoute, started: float) -> web.StreamResponse:
     is_upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
     if is_upgrade or service.is_websocket:
         if not service.is_websocket:
@@ -407,6 +421,8 @@ async def _proxy(
             again = _callable_service(request)  # the table may have moved on meanwhile
             if isinstance(again, web.Response):
                 return again
+            # The call now holds the fresh route as well (infer releases both).
+            request[HELD_ROUTES].append(app[TABLE].inflight.hold(again))
             service, tried, avoid, last_error = again, set(), set(), ""
             continue
         target = (raw_path[rest_at:] if rest_at != -1 else version.predict_path) + target_query

@@ -27,7 +27,7 @@ import psycopg
 
 from gateway import store
 from gateway.config import GatewayConfig
-from gateway.routing import RoutingTable
+from gateway.routing import InFlight, RoutingTable
 from services.contract import RoutingNotice
 
 log = logging.getLogger("gateway")
@@ -37,6 +37,10 @@ PATCH_SLICE = 500
 # Beyond this many changed rows in one burst, a chunked full reload is cheaper.
 PATCH_LIMIT = 20_000
 RECONNECT_SECONDS = 1.0
+# A drain is answered as soon as the calls that could reach the drained
+# versions are done; this is how often it looks.
+DRAIN_POLL_SECONDS = 0.005
+DRAIN_MAX_SECONDS = 600.0
 
 
 class _SendProbe:
@@ -57,6 +61,7 @@ class TableHolder:
     current: RoutingTable = field(default_factory=RoutingTable)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     rng: random.Random = field(default_factory=random.Random)
+    inflight: InFlight = field(default_factory=InFlight)
 
 
 @dataclass
@@ -70,6 +75,8 @@ class Changes:
     app_codes: set[str] = field(default_factory=set)
     reload_all: bool = False
     syncs: list[str] = field(default_factory=list)
+    # (sync token, config ids): answered once no call in flight could reach them.
+    drains: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
     probes: list[float] = field(default_factory=list)
     send_probe: bool = False
 
@@ -102,6 +109,8 @@ def parse_batch(items: list[str | _SendProbe | BaseException], gateway_id: str) 
             changes.reload_all = True
         elif kind == RoutingNotice.SYNC:
             changes.syncs.append(value)
+        elif kind == RoutingNotice.DRAIN:
+            changes.drains.append(RoutingNotice.parse_drain(value))
         elif kind == RoutingNotice.PROBE:
             probe_gateway, _, sent_at = value.partition(" ")
             if probe_gateway == gateway_id:
@@ -180,6 +189,8 @@ class TableKeeper:
         # Syncs received but not answered when a connection failed: answered
         # after the next full reload, which covers everything before them.
         self._unanswered: list[str] = []
+        # Drains waiting for calls in flight (held here so they are not garbage collected).
+        self._drains: set[asyncio.Task[None]] = set()
         self.full_reloads = 0
         self.last_full_reload: dict[str, float] = {}
         self.patches = 0
@@ -260,6 +271,9 @@ class TableKeeper:
                 item = queue.get_nowait()
                 if isinstance(item, str) and item.startswith(RoutingNotice.SYNC + ":"):
                     self._unanswered.append(item[2:])
+                elif isinstance(item, str) and item.startswith(RoutingNotice.DRAIN + ":"):
+                    # Answered after the reload; by then a call in flight had a second to finish.
+                    self._unanswered.append(RoutingNotice.parse_drain(item[2:])[0])
             if listener is not None:
                 listener.cancel()
             for conn in (listen, query):
@@ -334,6 +348,10 @@ class TableKeeper:
             except (psycopg.Error, OSError):
                 self._unanswered.extend(changes.syncs)
                 raise
+        for sync_token, config_ids in changes.drains:
+            task = asyncio.create_task(self._answer_when_drained(sync_token, config_ids))
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
         table = self.holder.current
         if changes.probes:
             self._is_probe_pending = False
@@ -369,6 +387,20 @@ class TableKeeper:
             rows = await store.app_code_rows(conn, hashes)
             self.holder.current.patch_app_codes(hashes, rows)
         self.patches += 1
+
+    async def _answer_when_drained(self, sync_token: str, config_ids: tuple[int, ...]) -> None:
+        """Answer a drain once no call in flight here could reach the configurations
+        (the table already sends none there: the drain came after their weights went
+        to 0), or after DRAIN_MAX_SECONDS, when the console has long stopped waiting."""
+        inflight = self.holder.inflight
+        give_up_at = time.monotonic() + DRAIN_MAX_SECONDS
+        while not inflight.is_idle(config_ids) and time.monotonic() < give_up_at:
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+        try:
+            if self._query is not None:
+                await self._answer_syncs([sync_token])
+        except (psycopg.Error, OSError) as exc:
+            log.info("could not answer a drain: %s (the console stops waiting at its timeout)", exc)
 
     async def _answer_syncs(self, sync_tokens: list[str]) -> None:
         assert self._query is not None

@@ -117,6 +117,41 @@ class ServiceRoute:
         return self.status == ServiceStatus.DEPLOYING and bool(self.serving_versions)
 
 
+class InFlight:
+    """Calls in flight in this process, counted against every version of the
+    route each call holds (a call may go to any of them, retries included).
+
+    A live update drains a version it removes: once its weight is 0 in the
+    table, the gateway waits until no call counts against it any more, and only
+    then does the console remove its containers."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+
+    def hold(self, service: ServiceRoute) -> tuple[int, ...]:
+        """Count a call against the service's versions; pass the result to release()."""
+        held = tuple(version.config_id for version in service.versions)
+        counts = self.counts
+        for config_id in held:
+            counts[config_id] = counts.get(config_id, 0) + 1
+        return held
+
+    def release(self, held: tuple[int, ...]) -> None:
+        counts = self.counts
+        for config_id in held:
+            left = counts.get(config_id, 0) - 1
+            if left > 0:
+                counts[config_id] = left
+            else:
+                counts.pop(config_id, None)
+
+    def is_idle(self, config_ids: Iterable[int]) -> bool:
+        """No call in flight could reach any of these configurations."""
+        return not any(config_id in self.counts for config_id in config_ids)
+
+
 class HashMap:
     """A dict keyed by hex digests, kept as 256 small dicts (by the first two
     hex digits). Growing one dict to 100,000 entries resizes it in one go, a

@@ -7,8 +7,9 @@ Each one validates, writes inside a transaction and enqueues the worker side
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -17,19 +18,23 @@ from django.db.models import ProtectedError
 from django.utils import timezone
 
 from services import tasks
-from services.choices import ServiceStatus, VersionStatus
+from services.choices import UPDATABLE_STATUSES, ConfigPhase, ServiceStatus, VersionStatus
 from services.models import (
     AIApplication,
     AIApplicationVersion,
     DataCollectionRule,
     Service,
+    ServiceUpdate,
     ServiceVersionConfig,
 )
+from services.routing_sync import routing_sync
 from services.transitions import service_event_add, service_transition
 from services.validation import (
     CollectionRuleRequest,
     DeployRequest,
     RequestInvalid,
+    UpdateRequest,
+    VersionConfigRequest,
     VersionRequest,
     hours_text,
     service_limit_message,
@@ -190,6 +195,179 @@ def service_delete(*, service: Service, actor: User | None = None) -> None:
         service.refresh_from_db(fields=["status"])
         _refuse(service, "delete")
     transaction.on_commit(lambda: tasks.service_delete_task.delay(str(service.id)))
+
+
+# --- Updates ------------------------------------------------------------------------
+
+
+@dataclass
+class UpdatePlan:
+    """How a requested configuration differs from the current one."""
+
+    # Configuration id → new weight, for the configurations that stay as they are.
+    kept_weights: dict[int, int] = field(default_factory=dict)
+    # Rows that need new containers: a new version, or a version whose
+    # specification, compute nodes or environment changed.
+    new_rows: list[VersionConfigRequest] = field(default_factory=list)
+    # Configurations that go (their version left, or a new row replaces it).
+    removed: list[ServiceVersionConfig] = field(default_factory=list)
+
+    @property
+    def moves_containers(self) -> bool:
+        return bool(self.new_rows or self.removed)
+
+
+def update_plan(current: list[ServiceVersionConfig], wanted: list[VersionConfigRequest]) -> UpdatePlan:
+    """Match the wanted rows to the current configurations by version: a
+    version whose settings are unchanged keeps its containers (and only its
+    weight may change); any other change starts new containers."""
+    plan = UpdatePlan()
+    by_version = {config.app_version_id: config for config in current}
+    for row in wanted:
+        config = by_version.pop(row.app_version.id, None)
+        if (
+            config is not None
+            and config.flavor_id == row.flavor.id
+            and config.instance_count == row.instance_count
+            and (config.envs or {}) == row.envs
+        ):
+            plan.kept_weights[config.id] = row.weight
+            continue
+        if config is not None:
+            plan.removed.append(config)
+        plan.new_rows.append(row)
+    plan.removed.extend(by_version.values())
+    return plan
+
+
+def _rows_text(rows: list[dict[str, object]]) -> str:
+    return "; ".join(
+        f"{row['model_name']} {row['model_version']} {row['weight']}% on {row['instance_count']} × "
+        f"{row['specification']}"
+        for row in rows
+    )
+
+
+def service_update(*, service: Service, request: UpdateRequest, actor: User | None = None) -> ServiceUpdate | None:
+    """Change a service's description and/or version configurations; the
+    update history keeps who, when, before, after and the outcome.
+
+    A new description, or new traffic ratios alone, take effect at once (the
+    call returns once every gateway process routes by the new ratios). Any
+    other change is a live update: the service turns Upgrading, its new
+    configurations are written as Staged (no traffic), and the worker
+    (services.lifecycle.service_update_run) starts them, moves the traffic and
+    removes what they replace. Returns the update, or None when nothing changes.
+    Refused while another update runs, and a live update unless the service is
+    serving (Running, Alarm or Abnormal)."""
+    with transaction.atomic():
+        locked = Service.objects.select_for_update().get(id=service.id)
+        if locked.status in (ServiceStatus.UPGRADING, ServiceStatus.DELETING):
+            _refuse(locked, "update")
+        configs = list(
+            locked.configs.select_related("app_version__application", "flavor").filter(phase=ConfigPhase.SERVING)
+        )
+        before = {"description": locked.description, "config": locked.config_rows()}
+        new_description = request.description if request.description not in (None, locked.description) else None
+        plan = update_plan(configs, request.configs) if request.configs is not None else UpdatePlan()
+        weights_change = {
+            config_id: weight
+            for config_id, weight in plan.kept_weights.items()
+            if next(c.weight for c in configs if c.id == config_id) != weight
+        }
+        if new_description is None and not weights_change and not plan.moves_containers:
+            return None
+        if plan.moves_containers and locked.status not in UPDATABLE_STATUSES:
+            raise ActionRefused(
+                f"Cannot change the versions or instances of {locked.name} while it is "
+                f"{locked.get_status_display()}: start it first (a new description or new traffic ratios "
+                "can be set now)."
+            )
+        who = f" by {actor.get_username()}" if actor is not None else ""
+        if new_description is not None:
+            Service.objects.filter(id=locked.id).update(description=new_description)
+            locked.description = new_description
+        if not plan.moves_containers:
+            for config_id, weight in weights_change.items():
+                ServiceVersionConfig.objects.filter(id=config_id).update(weight=weight)
+            update = ServiceUpdate.objects.create(
+                service=locked,
+                requested_by=actor,
+                outcome=ServiceUpdate.Outcome.SUCCEEDED,
+                finished_at=timezone.now(),
+                before=before,
+                after={"description": locked.description, "config": locked.config_rows()},
+            )
+            if weights_change:
+                service_event_add(locked.id, f"Traffic ratios changed{who}: {_rows_text(update.after['config'])}")
+            else:
+                service_event_add(locked.id, f"Description changed{who}")
+        else:
+            update = _live_update_start(locked, actor, plan, before, who)
+    if weights_change and not plan.moves_containers:
+        # Returns once every gateway process routes by the new ratios.
+        routing_sync(service_id=service.id)
+    return update
+
+
+def _live_update_start(
+    service: Service, actor: User | None, plan: UpdatePlan, before: dict[str, Any], who: str
+) -> ServiceUpdate:
+    """Write the staged configurations and the plan, turn Upgrading, and enqueue the worker after commit."""
+    next_position = (
+        ServiceVersionConfig.objects.filter(service=service).order_by("-position").values_list("position", flat=True)
+    ).first() or 0
+    staged = ServiceVersionConfig.objects.bulk_create(
+        ServiceVersionConfig(
+            service=service,
+            position=next_position + 1 + n,
+            app_version=row.app_version,
+            weight=0,
+            flavor=row.flavor,
+            instance_count=row.instance_count,
+            envs=row.envs,
+            phase=ConfigPhase.STAGED,
+        )
+        for n, row in enumerate(plan.new_rows)
+    )
+    weights = {str(config_id): weight for config_id, weight in plan.kept_weights.items()}
+    weights.update({str(config.id): row.weight for config, row in zip(staged, plan.new_rows, strict=True)})
+    after_rows = [
+        {
+            "model_id": row.app_version.id,
+            "model_name": row.app_version.application.name,
+            "model_version": row.app_version.version,
+            "weight": row.weight,
+            "specification": row.flavor.code,
+            "instance_count": row.instance_count,
+            "envs": row.envs,
+        }
+        for row in plan.new_rows
+    ]
+    kept = [dict(r, weight=plan.kept_weights[c.id]) for c, r in _kept_rows(service, plan)]
+    update = ServiceUpdate.objects.create(
+        service=service,
+        requested_by=actor,
+        is_live=True,
+        before=before,
+        after={"description": service.description, "config": kept + after_rows},
+        plan={"weights": weights, "remove": [config.id for config in plan.removed]},
+    )
+    new_instances = sum(row.instance_count for row in plan.new_rows)
+    event = f"Update requested{who}: {_rows_text(update.after['config'])}"
+    if new_instances:
+        event += f"; starting {new_instances} new instance(s) before any traffic moves"
+    if not service_transition(service.id, to=ServiceStatus.UPGRADING, from_=ServiceStatus(service.status), event=event):
+        raise ActionRefused(f"{service.name} changed status meanwhile; try again.")
+    transaction.on_commit(lambda: tasks.service_update_task.delay(str(service.id)))
+    return update
+
+
+def _kept_rows(service: Service, plan: UpdatePlan) -> list[tuple[ServiceVersionConfig, dict[str, object]]]:
+    configs = service.configs.select_related("app_version__application", "flavor").filter(
+        id__in=list(plan.kept_weights)
+    )
+    return [(config, config.summary()) for config in configs.order_by("position")]
 
 
 # --- Data collection ----------------------------------------------------------------

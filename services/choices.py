@@ -56,6 +56,20 @@ class ServiceStatus(LabelledChoices):
     STOPPING = "stopping", "Stopping"
     STOPPED = "stopped", "Stopped"
     DELETING = "deleting", "Deleting"
+    # A live update is replacing versions or instances; calls go on.
+    UPGRADING = "upgrading", "Upgrading"
+
+
+class ConfigPhase(LabelledChoices):
+    """Where a version configuration of a service stands in a live update."""
+
+    # Takes the traffic its weight says (every configuration outside an update).
+    SERVING = "serving", "Serving"
+    # Added by an update: its instances start and pass their health checks
+    # with no traffic; the cut-over gives it its weight.
+    STAGED = "staged", "Starting"
+    # Left by an update's cut-over: no new calls; removed once the calls in flight finished.
+    DRAINING = "draining", "Draining"
 
 
 class InstanceState(LabelledChoices):
@@ -72,26 +86,53 @@ class InstanceState(LabelledChoices):
 SERVICE_TRANSITIONS: dict[ServiceStatus, frozenset[ServiceStatus]] = {
     ServiceStatus.DEPLOYING: frozenset({ServiceStatus.RUNNING, ServiceStatus.FAILED, ServiceStatus.DELETING}),
     ServiceStatus.RUNNING: frozenset(
-        {ServiceStatus.ALARM, ServiceStatus.ABNORMAL, ServiceStatus.STOPPING, ServiceStatus.DELETING}
+        {
+            ServiceStatus.ALARM,
+            ServiceStatus.ABNORMAL,
+            ServiceStatus.STOPPING,
+            ServiceStatus.DELETING,
+            ServiceStatus.UPGRADING,
+        }
     ),
     ServiceStatus.ALARM: frozenset(
-        {ServiceStatus.RUNNING, ServiceStatus.ABNORMAL, ServiceStatus.STOPPING, ServiceStatus.DELETING}
+        {
+            ServiceStatus.RUNNING,
+            ServiceStatus.ABNORMAL,
+            ServiceStatus.STOPPING,
+            ServiceStatus.DELETING,
+            ServiceStatus.UPGRADING,
+        }
     ),
     ServiceStatus.ABNORMAL: frozenset(
-        {ServiceStatus.RUNNING, ServiceStatus.ALARM, ServiceStatus.STOPPING, ServiceStatus.DELETING}
+        {
+            ServiceStatus.RUNNING,
+            ServiceStatus.ALARM,
+            ServiceStatus.STOPPING,
+            ServiceStatus.DELETING,
+            ServiceStatus.UPGRADING,
+        }
     ),
     ServiceStatus.FAILED: frozenset({ServiceStatus.DEPLOYING, ServiceStatus.DELETING}),
     ServiceStatus.STOPPING: frozenset({ServiceStatus.STOPPED, ServiceStatus.DELETING}),
     ServiceStatus.STOPPED: frozenset({ServiceStatus.DEPLOYING, ServiceStatus.DELETING}),
     ServiceStatus.DELETING: frozenset(),
+    # An update ends on the status its instances' health says; Stop waits for it.
+    ServiceStatus.UPGRADING: frozenset(
+        {ServiceStatus.RUNNING, ServiceStatus.ALARM, ServiceStatus.ABNORMAL, ServiceStatus.DELETING}
+    ),
 }
 
 # A task is working on the service; the pages poll while any is in one of these.
-TRANSITIONAL_STATUSES = frozenset({ServiceStatus.DEPLOYING, ServiceStatus.STOPPING, ServiceStatus.DELETING})
+TRANSITIONAL_STATUSES = frozenset(
+    {ServiceStatus.DEPLOYING, ServiceStatus.STOPPING, ServiceStatus.DELETING, ServiceStatus.UPGRADING}
+)
 # The reconcile loop keeps these services' instances running and health-checked.
 SUPERVISED_STATUSES = frozenset({ServiceStatus.RUNNING, ServiceStatus.ALARM, ServiceStatus.ABNORMAL})
-# The gateway routes calls to these services (an Alarm service still has healthy instances).
-CALLABLE_STATUSES = frozenset({ServiceStatus.RUNNING, ServiceStatus.ALARM})
+# The gateway routes calls to these services (an Alarm service still has
+# healthy instances; an Upgrading one serves on while its update runs).
+CALLABLE_STATUSES = frozenset({ServiceStatus.RUNNING, ServiceStatus.ALARM, ServiceStatus.UPGRADING})
+# A live update may start from these (the serving statuses).
+UPDATABLE_STATUSES = SUPERVISED_STATUSES
 
 
 def sources_of(target: ServiceStatus) -> frozenset[ServiceStatus]:

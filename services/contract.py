@@ -127,6 +127,9 @@ class RoutingNotice:
       c:<code hash>       an app code was created, revoked or deleted
       *                   a table was truncated: reload everything
       y:<sync token>      a sync: answer on ACK_CHANNEL once everything before it is applied
+      d:<sync token> <config ids, comma-separated>
+                          a drain: a sync answered once, besides, no call in flight
+                          could still reach those configurations (a live update's old versions)
       h:<gateway id> <t>  a gateway's own probe: everything committed before t is applied
     """
 
@@ -142,6 +145,7 @@ class RoutingNotice:
     USER = "u"
     APP_CODE = "c"
     SYNC = "y"
+    DRAIN = "d"
     PROBE = "h"
     RELOAD_ALL = "*"
 
@@ -152,6 +156,16 @@ class RoutingNotice:
     @staticmethod
     def ack_payload(sync_token: str, gateway_id: str) -> str:
         return f"{sync_token} {gateway_id}"
+
+    @classmethod
+    def drain_payload(cls, sync_token: str, config_ids: list[int]) -> str:
+        return f"{cls.DRAIN}:{sync_token} {','.join(str(config_id) for config_id in config_ids)}"
+
+    @staticmethod
+    def parse_drain(value: str) -> tuple[str, tuple[int, ...]]:
+        """(sync token, config ids) of a drain's value; ids that are not numbers are left out."""
+        sync_token, _, ids = value.partition(" ")
+        return sync_token, tuple(int(part) for part in ids.split(",") if part.isdigit())
 
     @staticmethod
     def parse_ack(payload: str) -> tuple[str, str]:

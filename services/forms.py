@@ -10,11 +10,14 @@ from django.conf import settings
 from django.http import QueryDict
 
 from pools.selectors import FlavorOption, flavor_options_for_pool, pool_list_for
+from services.choices import ConfigPhase
 from services.selectors import deployable_versions_for
 from services.validation import AUTO_STOP_HOURS
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
+
+    from services.models import Service
 
 
 # The Deploy form posts one block of fields per version row. The first row's
@@ -45,7 +48,7 @@ def _row_prefix(position: int) -> str:
     return "" if position == 0 else f"r{position + 1}-"
 
 
-def deploy_data_from_post(post: QueryDict) -> dict[str, Any]:
+def _configs_from_post(post: QueryDict) -> list[dict[str, Any]]:
     configs = []
     for prefix in _row_prefixes(post):
         env_keys = post.getlist(prefix + "env_key")
@@ -64,6 +67,11 @@ def deploy_data_from_post(post: QueryDict) -> dict[str, Any]:
                 ],
             }
         )
+    return configs
+
+
+def deploy_data_from_post(post: QueryDict) -> dict[str, Any]:
+    configs = _configs_from_post(post)
     return {
         "name": post.get("name", ""),
         "description": post.get("description", ""),
@@ -154,15 +162,7 @@ def deploy_form_context(
         "errors": form_errors,
         "rows": rows,
         "is_several": len(rows) > 1,
-        # Shown atop the form, so a long form says at once which row to fix.
-        "row_error_summary": [
-            {"row": row, "field": field, "label": ROW_FIELD_LABELS.get(field, field), "message": message}
-            for row in rows
-            for field, messages in row["errors"].items()
-            for message in messages
-        ]
-        if len(rows) > 1
-        else [],
+        "row_error_summary": _row_error_summary(rows),
         "pools": pools,
         "has_public_pool": any(pool.is_public for pool in pools),
         "flavor_options": flavor_options,
@@ -184,11 +184,16 @@ def deploy_added_row_context(user: User, params: QueryDict) -> dict[str, Any]:
     pool = pool_list_for(user).filter(id=pool_id).prefetch_related("nodes").first() if pool_id.isdigit() else None
     flavor_options = flavor_options_for_pool(pool)
     config = {"app_version": "", "flavor": "", "instance_count": 1, "weight": 0, "envs": []}
+    versions = deployable_versions_for(user)
+    application = params.get("application", "")
+    if application.isdigit():
+        # The Configuration Updates tab: a service's versions are all of one AI application.
+        versions = versions.filter(application_id=int(application))
     return {
         "row": _version_row(len(taken), f"r{number}-", config, {}, flavor_options, is_added_row=True),
         "is_several": True,
         "flavor_options": flavor_options,
-        "versions": list(deployable_versions_for(user)),
+        "versions": list(versions),
         "max_instances": settings.MAX_INSTANCES_PER_VERSION,
     }
 
@@ -202,6 +207,64 @@ def deploy_flavors_context(user: User, params: QueryDict) -> dict[str, Any]:
         {"prefix": prefix, "selected_flavor": params.get(prefix + "flavor", "")} for prefix in _row_prefixes(params)
     ]
     return {"flavor_options": flavor_options, "rows": rows}
+
+
+def update_data_from_post(post: QueryDict) -> dict[str, Any]:
+    """The Configuration Updates tab's post, as parse_update_request takes it."""
+    return {"description": post.get("description", ""), "configs": _configs_from_post(post)}
+
+
+def update_form_context(service: Service, data: dict[str, Any] | None, errors: dict[str, list[str]]) -> dict[str, Any]:
+    """The Configuration Updates tab's form: the service's description and
+    version rows as they are now (or as posted), with the versions of its AI
+    application and the specifications of its pool."""
+    configs = list(
+        service.configs.filter(phase=ConfigPhase.SERVING).select_related("flavor", "app_version").order_by("position")
+    )
+    application_id = configs[0].app_version.application_id if configs else None
+    data = data or {
+        "description": service.description,
+        "configs": [
+            {
+                "app_version": config.app_version_id,
+                "flavor": config.flavor.code,
+                "instance_count": config.instance_count,
+                "weight": config.weight,
+                "envs": [{"key": key, "value": value} for key, value in (config.envs or {}).items()],
+            }
+            for config in configs
+        ],
+    }
+    flavor_options = flavor_options_for_pool(service.pool)
+    form_errors, row_errors = _split_errors(errors, len(data["configs"]))
+    rows = [
+        _version_row(n, _row_prefix(n), config, row_errors[n], flavor_options)
+        for n, config in enumerate(data["configs"])
+    ]
+    return {
+        "update_data": data,
+        "update_errors": form_errors,
+        "rows": rows,
+        "is_several": len(rows) > 1,
+        "row_error_summary": _row_error_summary(rows),
+        "flavor_options": flavor_options,
+        "versions": list(deployable_versions_for(service.owner).filter(application_id=application_id)),
+        "application_id": application_id,
+        "max_instances": settings.MAX_INSTANCES_PER_VERSION,
+        "max_rows": settings.MAX_CONFIGS_PER_SERVICE,
+    }
+
+
+def _row_error_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every row's errors, shown atop a form of several rows, so a long form says at once which row to fix."""
+    if len(rows) < 2:
+        return []
+    return [
+        {"row": row, "field": field, "label": ROW_FIELD_LABELS.get(field, field), "message": message}
+        for row in rows
+        for field, messages in row["errors"].items()
+        for message in messages
+    ]
 
 
 def version_data_from_post(post: QueryDict) -> dict[str, Any]:

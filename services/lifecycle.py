@@ -22,17 +22,24 @@ from functools import partial
 from typing import TypeVar
 
 from django.conf import settings
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from pools.models import Node
 from pools.selectors import node_pick_for
 from services import runtime
-from services.choices import InstanceState, ServiceStatus, VersionStatus
+from services.choices import ConfigPhase, InstanceState, ServiceStatus, VersionStatus
 from services.logs import container_log_excerpt_of
 from services.metrics import DEPLOY_SECONDS
-from services.models import AIApplicationVersion, Instance, Service, ServiceEvent
+from services.models import (
+    AIApplicationVersion,
+    Instance,
+    Service,
+    ServiceEvent,
+    ServiceUpdate,
+    ServiceVersionConfig,
+)
 from services.probes import probe_health_detail
 from services.routing_sync import routing_sync
 from services.transitions import service_event_add, service_transition
@@ -117,8 +124,10 @@ def lease_release_for_retry(service_id: uuid.UUID | str, token: uuid.UUID) -> No
 # --- Containers ----------------------------------------------------------------------
 
 
-def container_name_for(service_id: uuid.UUID | str, position: int, index: int) -> str:
-    return f"rts-{service_id}-{position}-{index}"
+def container_name_for(service_id: uuid.UUID | str, config_id: int, index: int) -> str:
+    """Never used twice: a configuration's id is not reused, so a live update's
+    new containers cannot be mistaken for (or adopt) those of one it replaced."""
+    return f"rts-{service_id}-{config_id}-{index}"
 
 
 def container_spec(service: Service, instance: Instance) -> runtime.ContainerSpec:
@@ -175,12 +184,20 @@ def container_hardening() -> runtime.ContainerHardening:
     )
 
 
-def instances_plan(service: Service) -> list[Instance]:
+def instances_plan(service: Service, configs: list[ServiceVersionConfig] | None = None) -> list[Instance]:
     """The service's Instance rows, one per compute node of each configuration,
     created (and placed on a node) where missing. Rows are written before any
-    container exists, so the reconcile loop knows every container we create."""
-    configs = list(service.configs.select_related("app_version__application", "flavor"))
-    existing = {(i.config_id, i.index): i for i in service.instances.select_related("node")}
+    container exists, so the reconcile loop knows every container we create.
+
+    With `configs` (a live update's new ones), only theirs, and nothing else is
+    touched; without, every configuration's, and rows beyond the counts go."""
+    only = configs is not None
+    if configs is None:
+        configs = list(service.configs.select_related("app_version__application", "flavor"))
+    instances = service.instances.select_related("node")
+    if only:
+        instances = instances.filter(config__in=configs)
+    existing = {(i.config_id, i.index): i for i in instances}
     extra_load: dict[int, int] = {}
     wanted = []
     for config in configs:
@@ -198,12 +215,12 @@ def instances_plan(service: Service) -> list[Instance]:
                     config=config,
                     index=index,
                     node=node,
-                    container_name=container_name_for(service.id, config.position, index),
+                    container_name=container_name_for(service.id, config.id, index),
                 )
                 instance.node = node
             instance.config = config
             wanted.append(instance)
-    for leftover in existing.values():
+    for leftover in existing.values() if not only else ():
         runtime.remove_container(leftover.node.docker_host, leftover.container_name)
         leftover.delete()
     return wanted
@@ -392,7 +409,12 @@ def _timeout_failure(service: Service, pending: list[Instance]) -> DeployFailed:
 
 
 def _health_wait(
-    service: Service, token: uuid.UUID, instances: list[Instance], deadline: datetime, budget_seconds: float
+    service: Service,
+    token: uuid.UUID,
+    instances: list[Instance],
+    deadline: datetime,
+    budget_seconds: float,
+    status: ServiceStatus = ServiceStatus.DEPLOYING,
 ) -> list[Instance]:
     """Probe the instances quickly for up to `budget_seconds`; the ones still not
     answering then (most servers are up well within it).
@@ -408,7 +430,7 @@ def _health_wait(
         if timezone.now() > deadline:
             raise _timeout_failure(service, pending)
         if time.monotonic() - last_renewal > settings.TASK_LEASE_SECONDS / 3:
-            if not lease_renew(service.id, token, ServiceStatus.DEPLOYING):
+            if not lease_renew(service.id, token, status):
                 raise LeaseLost
             last_renewal = time.monotonic()
         # Asking the engine whether a container exited costs more than a probe:
@@ -447,9 +469,11 @@ def _deploy_succeed(service: Service, token: uuid.UUID, instance_count: int) -> 
     return moved
 
 
-def _hand_over_to_prober(service: Service, token: uuid.UUID, pending: list[Instance]) -> bool:
+def _hand_over_to_prober(
+    service: Service, token: uuid.UUID, pending: list[Instance], status: ServiceStatus = ServiceStatus.DEPLOYING
+) -> bool:
     """Leave the rest of the wait to deploys_probe: the lease goes, the worker is free."""
-    handed = Service.objects.filter(id=service.id, status=ServiceStatus.DEPLOYING, lease_token=token).update(
+    handed = Service.objects.filter(id=service.id, status=status, lease_token=token).update(
         health_wait_started_at=timezone.now(), lease_token=None, lease_expires_at=None
     )
     if handed:
@@ -501,6 +525,14 @@ def _deploy(service_id: uuid.UUID | str, token: uuid.UUID) -> str:
     return "running" if _deploy_succeed(service, token, len(instances)) else "lease lost"
 
 
+def _wait_fail(service: Service, token: uuid.UUID, reason: str, instances: list[Instance], detail: str) -> None:
+    """A deploy fails; a live update rolls back."""
+    if service.status == ServiceStatus.UPGRADING:
+        _update_roll_back(service, token, reason, detail)
+    else:
+        _deploy_fail(service, token, reason, instances, detail)
+
+
 PROBE_LOCK_KEY = 0x525450  # one prober at a time across all workers
 
 
@@ -530,21 +562,27 @@ def deploys_probe() -> dict[str, str] | None:
 
 
 def _deploys_probe_round() -> dict[str, str]:
+    """Deploys, and live updates waiting for their new instances: an update's
+    outcome "ready" means its task is to be enqueued again for the cut-over."""
     outcomes: dict[str, str] = {}
-    waiting = Service.objects.filter(status=ServiceStatus.DEPLOYING, health_wait_started_at__isnull=False).values_list(
-        "id", flat=True
-    )
+    waiting = Service.objects.filter(
+        status__in=[ServiceStatus.DEPLOYING, ServiceStatus.UPGRADING], health_wait_started_at__isnull=False
+    ).values_list("id", "status")
     claimed: list[tuple[Service, uuid.UUID, list[Instance]]] = []
-    for service_id in waiting:
-        token = lease_claim(service_id, ServiceStatus.DEPLOYING)
+    for service_id, status in waiting:
+        token = lease_claim(service_id, ServiceStatus(status))
         if token is None:
             continue
         service = Service.objects.select_related("pool").get(id=service_id)
-        instances = list(service.instances.select_related("node", "config__app_version__application", "config__flavor"))
+        instances = list(
+            service.instances.select_related("node", "config__app_version__application", "config__flavor").filter(
+                config__phase=ConfigPhase.STAGED if status == ServiceStatus.UPGRADING else ConfigPhase.SERVING
+            )
+        )
         pending = [instance for instance in instances if not instance.is_healthy]
         if timezone.now() > deploy_deadline(service):
             failure = _timeout_failure(service, pending)
-            _deploy_fail(service, token, failure.reason, instances, failure.detail)
+            _wait_fail(service, token, failure.reason, instances, failure.detail)
             outcomes[str(service_id)] = "failed"
             continue
         claimed.append((service, token, instances))
@@ -562,8 +600,14 @@ def _deploys_probe_round() -> dict[str, str]:
         _probes_record(service, service_results)
         failed = next((result for result in service_results if result.failure), None)
         if failed is not None:
-            _deploy_fail(service, token, failed.failure, instances, container_log_excerpt_of(failed.instance))
+            _wait_fail(service, token, failed.failure, instances, container_log_excerpt_of(failed.instance))
             outcomes[str(service.id)] = "failed"
+        elif all(result.is_healthy for result in service_results) and service.status == ServiceStatus.UPGRADING:
+            # The cut-over may wait for calls in flight: a task does it, not this round.
+            Service.objects.filter(id=service.id, lease_token=token).update(
+                lease_token=None, lease_expires_at=None, health_wait_started_at=None
+            )
+            outcomes[str(service.id)] = "ready"
         elif all(result.is_healthy for result in service_results):
             outcomes[str(service.id)] = "running" if _deploy_succeed(service, token, len(instances)) else "lease lost"
         else:
@@ -571,6 +615,174 @@ def _deploys_probe_round() -> dict[str, str]:
             Service.objects.filter(id=service.id, lease_token=token).update(lease_token=None, lease_expires_at=None)
             outcomes[str(service.id)] = "waiting"
     return outcomes
+
+
+# --- Live updates --------------------------------------------------------------------
+
+
+def service_update_run(*, service_id: uuid.UUID | str) -> str:
+    """Carry out an Upgrading service's update (services.actions.service_update
+    wrote its plan and its new, staged configurations):
+
+    1. start the staged configurations' containers, with no traffic, and wait
+       for their health checks (a long wait goes to the prober, as a deploy's);
+    2. cut over: in one transaction, every configuration takes its new weight
+       and the ones leaving go to weight 0 (Draining);
+    3. once every gateway process routes by that and has no call in flight that
+       could reach a Draining configuration, remove those containers;
+    4. back to Running (or Alarm/Abnormal, as the instances' health says).
+
+    A staged container that exits, or an update that is not healthy within the
+    service's timeout, is rolled back before any traffic moved: the new
+    containers go and the service runs its previous configuration.
+
+    Safe to repeat: claims the Upgrading service with a lease, and each step
+    reads where the last one got to (staged, draining or neither).
+    """
+    return _run_leased(service_id, ServiceStatus.UPGRADING, _update)
+
+
+def _update(service_id: uuid.UUID | str, token: uuid.UUID) -> str:
+    service = Service.objects.select_related("pool").get(id=service_id)
+    update = ServiceUpdate.objects.filter(service_id=service_id, outcome=ServiceUpdate.Outcome.IN_PROGRESS).first()
+    configs = list(service.configs.select_related("app_version__application", "flavor"))
+    is_cut_over = any(config.phase == ConfigPhase.DRAINING for config in configs)
+    staged = [config for config in configs if config.phase == ConfigPhase.STAGED]
+    if update is not None and not is_cut_over and staged:
+        outcome = _update_start_staged(service, token, staged)
+        if outcome:
+            return outcome
+    if update is not None and not is_cut_over:
+        _update_cut_over(service, update)
+    return _update_finish(service, token, update)
+
+
+def _update_start_staged(service: Service, token: uuid.UUID, staged: list[ServiceVersionConfig]) -> str:
+    """Start the new configurations' instances and wait for them; "" once all
+    are healthy, else what happened ("waiting", "rolled back", "lease lost")."""
+    instances = list(
+        Instance.objects.filter(config__in=staged).select_related(
+            "node", "config__app_version__application", "config__flavor"
+        )
+    )
+    if len(instances) == sum(config.instance_count for config in staged) and all(i.is_healthy for i in instances):
+        return ""  # the prober saw them all healthy
+    try:
+        instances = instances_plan(service, staged)
+        started = _containers_start(service, instances)
+    except runtime.EngineError as exc:
+        _update_roll_back(service, token, str(exc), "")
+        return "rolled back"
+    if not lease_renew(service.id, token, ServiceStatus.UPGRADING):
+        return "lease lost"
+    _instances_record_started(service, instances, started)
+    try:
+        pending = _health_wait(
+            service,
+            token,
+            instances,
+            deploy_deadline(service),
+            settings.DEPLOY_FAST_WAIT_SECONDS,
+            status=ServiceStatus.UPGRADING,
+        )
+    except DeployFailed as failure:
+        _update_roll_back(service, token, failure.reason, failure.detail)
+        return "rolled back"
+    except LeaseLost:
+        return "lease lost"
+    if pending:
+        handed = _hand_over_to_prober(service, token, pending, status=ServiceStatus.UPGRADING)
+        return "waiting" if handed else "lease lost"
+    return ""
+
+
+def _update_cut_over(service: Service, update: ServiceUpdate) -> None:
+    """Every configuration takes the weight the plan gives it, in one
+    transaction (the gateway applies it whole); those leaving go Draining."""
+    weights = {int(config_id): weight for config_id, weight in update.plan.get("weights", {}).items()}
+    leaving = {int(config_id) for config_id in update.plan.get("remove", [])}
+    with transaction.atomic():
+        for config in ServiceVersionConfig.objects.select_for_update().filter(service_id=service.id):
+            if config.id in leaving:
+                config.weight, config.phase = 0, ConfigPhase.DRAINING
+            elif config.id in weights:
+                config.weight, config.phase = weights[config.id], ConfigPhase.SERVING
+            else:
+                continue
+            config.save(update_fields=["weight", "phase"])
+        if leaving or weights:
+            service_event_add(service.id, "Traffic moved to the new configuration")
+
+
+def _update_finish(service: Service, token: uuid.UUID, update: ServiceUpdate | None) -> str:
+    """Wait until no gateway can send a call to a Draining configuration, remove
+    its containers and rows, record the outcome and settle the status."""
+    draining = list(ServiceVersionConfig.objects.filter(service_id=service.id, phase=ConfigPhase.DRAINING))
+    if draining:
+        routing_sync(
+            service_id=service.id,
+            drain_config_ids=[config.id for config in draining],
+            timeout=settings.UPDATE_DRAIN_TIMEOUT_SECONDS,
+        )
+        old = list(Instance.objects.filter(config__in=draining).select_related("node"))
+        containers_remove(old)
+        ServiceVersionConfig.objects.filter(id__in=[config.id for config in draining]).delete()
+        service_event_add(service.id, f"Removed {len(old)} container(s) of the previous configuration")
+    else:
+        # A change of weights alone: every gateway routes by it before the update is said done.
+        routing_sync(service_id=service.id)
+    if update is not None:
+        ServiceUpdate.objects.filter(id=update.id, outcome=ServiceUpdate.Outcome.IN_PROGRESS).update(
+            outcome=ServiceUpdate.Outcome.SUCCEEDED,
+            finished_at=timezone.now(),
+            after={"description": service.description, "config": service.config_rows()},
+        )
+    moved = _update_settle(service, token, "Update done")
+    return "done" if moved else "lease lost"
+
+
+def _update_roll_back(service: Service, token: uuid.UUID, reason: str, detail: str) -> None:
+    """Before any traffic moved: remove the staged configurations and their
+    containers; the service runs on as it was."""
+    staged = list(ServiceVersionConfig.objects.filter(service_id=service.id, phase=ConfigPhase.STAGED))
+    containers_remove(list(Instance.objects.filter(config__in=staged).select_related("node")))
+    ServiceVersionConfig.objects.filter(id__in=[config.id for config in staged]).delete()
+    ServiceUpdate.objects.filter(service_id=service.id, outcome=ServiceUpdate.Outcome.IN_PROGRESS).update(
+        outcome=ServiceUpdate.Outcome.ROLLED_BACK,
+        finished_at=timezone.now(),
+        reason=reason[:500],
+        after={"description": service.description, "config": service.config_rows()},
+    )
+    _update_settle(
+        service,
+        token,
+        f"Update rolled back: {reason}; the service runs its previous configuration",
+        level=ServiceEvent.Level.ERROR,
+        detail=detail,
+    )
+
+
+def _update_settle(
+    service: Service, token: uuid.UUID, what: str, *, level: str = ServiceEvent.Level.INFO, detail: str = ""
+) -> bool:
+    """Upgrading → Running, Alarm or Abnormal, as its instances' health says now."""
+    flags = list(Instance.objects.filter(service_id=service.id).values_list("is_healthy", flat=True))
+    ready, total = sum(flags), len(flags)
+    if ready == total:
+        status = ServiceStatus.RUNNING
+    elif ready:
+        status = ServiceStatus.ALARM
+    else:
+        status = ServiceStatus.ABNORMAL
+    return service_transition(
+        service.id,
+        to=status,
+        lease_token=token,
+        reason="" if status == ServiceStatus.RUNNING else f"{ready}/{total} instance(s) healthy",
+        event=f"{what}. {status.label}: {ready}/{total} instance(s) healthy",
+        event_level=level,
+        event_detail=detail,
+    )
 
 
 # --- Stop and delete -------------------------------------------------------------------

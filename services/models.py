@@ -11,6 +11,8 @@ from services.choices import (
     CALLABLE_STATUSES,
     SUPERVISED_STATUSES,
     TRANSITIONAL_STATUSES,
+    UPDATABLE_STATUSES,
+    ConfigPhase,
     InstanceState,
     ServiceStatus,
     VersionStatus,
@@ -102,6 +104,7 @@ class Service(models.Model):
     # returns (its Prefetch to_attr=...).
     instance_rows: list[Instance]
     event_rows: list[ServiceEvent]
+    update_rows: list[ServiceUpdate]
     # Set on the operators' list rows (services.selectors.service_page_for).
     owner_list_url: str
 
@@ -162,6 +165,16 @@ class Service(models.Model):
     def can_delete(self) -> bool:
         return can_transition(self.status, ServiceStatus.DELETING)
 
+    def config_rows(self) -> list[dict[str, object]]:
+        """The serving configurations as the REST API and the update history show them."""
+        configs = self.configs.select_related("app_version__application", "flavor").filter(phase=ConfigPhase.SERVING)
+        return [config.summary() for config in configs.order_by("position")]
+
+    @property
+    def can_update(self) -> bool:
+        """Its versions and instances can be changed by a live update now."""
+        return self.status in UPDATABLE_STATUSES
+
 
 class ServiceVersionConfig(models.Model):
     """One AI application version inside a service, with its own traffic weight,
@@ -174,6 +187,7 @@ class ServiceVersionConfig(models.Model):
     flavor = models.ForeignKey("pools.Flavor", on_delete=models.PROTECT, related_name="service_configs")
     instance_count = models.PositiveIntegerField(default=1)
     envs = models.JSONField(default=dict, blank=True)
+    phase = models.CharField(max_length=8, choices=ConfigPhase.choices, default=ConfigPhase.SERVING)
 
     class Meta:
         ordering = ["service", "position"]
@@ -185,6 +199,19 @@ class ServiceVersionConfig(models.Model):
 
     def __str__(self) -> str:
         return f"{self.service.name} / {self.app_version}"
+
+    def summary(self) -> dict[str, object]:
+        """The configuration as the REST API and the update history show it;
+        needs `app_version__application` and `flavor` selected."""
+        return {
+            "model_id": self.app_version_id,
+            "model_name": self.app_version.application.name,
+            "model_version": self.app_version.version,
+            "weight": self.weight,
+            "specification": self.flavor.code,
+            "instance_count": self.instance_count,
+            "envs": self.envs or {},
+        }
 
 
 class Instance(models.Model):
@@ -243,7 +270,15 @@ class ServiceCallStat(models.Model):
     """Calls to one version of a service within one minute, written by the gateway."""
 
     service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="call_stats")
-    config = models.ForeignKey(ServiceVersionConfig, on_delete=models.CASCADE, related_name="call_stats")
+    # NULL once an update removed the version: its calls still count in the
+    # service's series. No database constraint, for the reason DataCollectionRecord.config gives.
+    config = models.ForeignKey(
+        ServiceVersionConfig,
+        on_delete=models.SET_NULL,
+        null=True,
+        db_constraint=False,
+        related_name="call_stats",
+    )
     bucket_start = models.DateTimeField()
     calls = models.PositiveBigIntegerField(default=0)
     failed = models.PositiveBigIntegerField(default=0)
@@ -256,6 +291,48 @@ class ServiceCallStat(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["service", "config", "bucket_start"], name="call_stat_unique_bucket"),
         ]
+
+
+class ServiceUpdate(models.Model):
+    """One change a user asked of a service's versions or description: who,
+    when, the configuration before and after, and how it ended. A live update
+    (in progress) also holds the plan the worker carries out."""
+
+    class Outcome(models.TextChoices):
+        IN_PROGRESS = "in_progress", "In progress"
+        SUCCEEDED = "succeeded", "Succeeded"
+        ROLLED_BACK = "rolled_back", "Rolled back"
+        # The service was deleted while its update ran.
+        ABANDONED = "abandoned", "Abandoned"
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="updates")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=12, choices=Outcome.choices, default=Outcome.IN_PROGRESS)
+    reason = models.CharField(max_length=500, blank=True)
+    # {"description": ..., "config": [rows as the API shows them]}
+    before = models.JSONField(default=dict)
+    after = models.JSONField(default=dict)
+    # What the cut-over does: {"weights": {"<config id>": weight}, "remove": [config ids]}.
+    plan = models.JSONField(default=dict)
+    # Whether it moves containers (a live update) or only weights and words.
+    is_live = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["service"],
+                condition=models.Q(outcome="in_progress"),
+                name="service_update_one_in_progress",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"update {self.id} of {self.service_id}"
 
 
 class DataCollectionRule(models.Model):

@@ -25,7 +25,14 @@ from django.utils import timezone
 
 from pools.models import Node
 from services import runtime
-from services.choices import SUPERVISED_STATUSES, TRANSITIONAL_STATUSES, InstanceState, ServiceStatus, VersionStatus
+from services.choices import (
+    SUPERVISED_STATUSES,
+    TRANSITIONAL_STATUSES,
+    ConfigPhase,
+    InstanceState,
+    ServiceStatus,
+    VersionStatus,
+)
 from services.lifecycle import (
     advisory_lock,
     ai_application_version_check_image,
@@ -195,12 +202,15 @@ def _converge_serving(
     services: dict[str, Service], containers: dict[int, dict[str, runtime.ContainerInfo]], report: ReconcileReport
 ) -> None:
     """Keep every instance of a Running, Alarm or Abnormal service running and
-    probed, then settle each service's status on how many answered."""
+    probed, then settle each service's status on how many answered. An
+    Upgrading service's serving instances are kept up too (its status is the
+    update's to settle; its new and draining instances are the update's)."""
     checks = [
         (service, instance)
         for service in services.values()
-        if service.status in SUPERVISED_STATUSES
+        if service.status in SUPERVISED_STATUSES or service.status == ServiceStatus.UPGRADING
         for instance in service.instances.all()
+        if service.status != ServiceStatus.UPGRADING or instance.config.phase == ConfigPhase.SERVING
     ]
     results = in_parallel(
         lambda item: _instance_converge(item[0], item[1], containers.get(item[1].node_id), report), checks
@@ -212,6 +222,8 @@ def _converge_serving(
         if result.note:
             service_event_add(service.id, result.note, level=ServiceEvent.Level.WARNING)
     for service_id, flags in healthy_by_service.items():
+        if services[service_id].status == ServiceStatus.UPGRADING:
+            continue
         _service_status_settle(services[service_id], ready=sum(flags), total=len(flags), report=report)
 
 

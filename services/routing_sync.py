@@ -77,10 +77,18 @@ def _conninfo(alias: str) -> str:
 
 
 def routing_sync(
-    *, service_id: uuid.UUID | str | None = None, timeout: float | None = None, using: str = "default"
+    *,
+    service_id: uuid.UUID | str | None = None,
+    timeout: float | None = None,
+    using: str = "default",
+    drain_config_ids: list[int] | None = None,
 ) -> RoutingSyncResult:
     """Return once every live gateway process has applied every change
     committed before this call, or after `timeout` (ROUTING_SYNC_TIMEOUT_SECONDS).
+
+    With `drain_config_ids`, each gateway answers only once, besides, none of
+    its calls in flight could still reach those configurations: a live update
+    removes the old versions' containers after that.
 
     Side effects: one NOTIFY on the routing channel when a gateway is live
     (each gateway answers it; nothing else changes). On timeout it logs a
@@ -100,7 +108,11 @@ def routing_sync(
             gateways = frozenset(_live_gateways(cursor))
         pending = set(gateways)
         if pending:
-            conn.execute("SELECT pg_notify(%s, %s)", (RoutingNotice.CHANNEL, f"{RoutingNotice.SYNC}:{sync_token}"))
+            if drain_config_ids:
+                payload = RoutingNotice.drain_payload(sync_token, drain_config_ids)
+            else:
+                payload = f"{RoutingNotice.SYNC}:{sync_token}"
+            conn.execute("SELECT pg_notify(%s, %s)", (RoutingNotice.CHANNEL, payload))
         deadline = started + timeout
         while pending:
             remaining = deadline - time.monotonic()
@@ -117,10 +129,16 @@ def routing_sync(
                     pending &= _live_gateways(cursor)
     result = RoutingSyncResult(gateways, frozenset(pending), time.monotonic() - started)
     if not result.is_complete:
-        message = (
-            f"{len(result.missing)} of {len(gateways)} gateway process(es) did not confirm the routing "
-            f"change within {timeout:g} s; they will route the service once they catch up"
-        )
+        if drain_config_ids:
+            message = (
+                f"{len(result.missing)} of {len(gateways)} gateway process(es) still had calls in flight to the "
+                f"versions being removed after {timeout:g} s; those calls are cut"
+            )
+        else:
+            message = (
+                f"{len(result.missing)} of {len(gateways)} gateway process(es) did not confirm the routing "
+                f"change within {timeout:g} s; they will route the service once they catch up"
+            )
         log.warning("%s (service %s; gateways %s)", message, service_id, ", ".join(sorted(result.missing)))
         if service_id is not None:
             service_event_add(service_id, message, level=ServiceEvent.Level.WARNING)

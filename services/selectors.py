@@ -31,6 +31,7 @@ from services.models import (
     Service,
     ServiceCallStat,
     ServiceEvent,
+    ServiceUpdate,
     ServiceVersionConfig,
 )
 
@@ -347,7 +348,8 @@ def service_get_for(user: User, service_id: uuid.UUID | str, *, as_operator: boo
 
 def service_detail_for(user: User, service_id: uuid.UUID | str, *, as_operator: bool = False) -> Service:
     """One of the user's services (any user's, for staff as_operator) with its
-    instances (`instance_rows`) and its newest 200 events (`event_rows`), or 404."""
+    instances (`instance_rows`), its newest 200 events (`event_rows`) and
+    50 updates (`update_rows`), or 404."""
     # Service declares both attributes for the code that reads them; django-stubs
     # would declare them here too, and calls that a redefinition.
     services = service_list_for(
@@ -359,8 +361,18 @@ def service_detail_for(user: User, service_id: uuid.UUID | str, *, as_operator: 
             to_attr="instance_rows",
         ),
         Prefetch("events", queryset=ServiceEvent.objects.order_by("-created_at", "-id")[:200], to_attr="event_rows"),
+        Prefetch(
+            "updates",
+            queryset=ServiceUpdate.objects.select_related("requested_by").order_by("-created_at", "-id")[:50],
+            to_attr="update_rows",
+        ),
     )
     return get_object_or_404(services, id=service_id)
+
+
+def service_update_history(service: Service, limit: int = 50) -> list[ServiceUpdate]:
+    """The service's updates, newest first, with who asked for each."""
+    return list(service.updates.select_related("requested_by").order_by("-created_at", "-id")[:limit])
 
 
 def ai_application_names_for(user: User) -> QuerySet[AIApplication]:

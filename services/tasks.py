@@ -30,14 +30,24 @@ def service_delete_task(service_id: str) -> str:
 
 
 @shared_task
+def service_update_task(service_id: str) -> str:
+    return lifecycle.service_update_run(service_id=service_id)
+
+
+@shared_task
 def version_check_image_task(version_id: int) -> str | None:
     return lifecycle.ai_application_version_check_image(version_id=version_id)
 
 
 @shared_task
 def deploys_probe_task() -> dict[str, str] | None:
-    """One round of the prober of deploys waiting for their health checks."""
-    return lifecycle.deploys_probe()
+    """One round of the prober of deploys (and live updates) waiting for their
+    health checks; an update whose new instances all answered goes on in its own task."""
+    outcomes = lifecycle.deploys_probe()
+    for service_id, outcome in (outcomes or {}).items():
+        if outcome == "ready":
+            service_update_task.delay(service_id)
+    return outcomes
 
 
 @shared_task
@@ -51,6 +61,7 @@ TASK_FOR_STATUS: dict[ServiceStatus, Task] = {
     ServiceStatus.DEPLOYING: service_deploy_task,
     ServiceStatus.STOPPING: service_stop_task,
     ServiceStatus.DELETING: service_delete_task,
+    ServiceStatus.UPGRADING: service_update_task,
 }
 
 

@@ -14,6 +14,7 @@ urlpatterns = [
     path("services/<uuid:service_id>/delete/", views.service_delete, name="delete"),
     path("services/<uuid:service_id>/auto-stop/", views.service_auto_stop, name="auto_stop"),
     path("services/<uuid:service_id>/predict/", views.service_predict, name="predict"),
+    path("services/<uuid:service_id>/update/", views.service_update, name="update"),
     path("services/<uuid:service_id>/collection/", views.service_collection_update, name="collection_update"),
     path(
         "services/<uuid:service_id>/collection/records.jsonl",

@@ -20,7 +20,7 @@ from django.conf import settings
 from pools.models import Flavor, ResourcePool
 from pools.selectors import FlavorOption, flavor_options_for_pool, pool_list_for
 from services.choices import VersionStatus
-from services.models import AIApplicationVersion, DataCollectionRule, Service
+from services.models import AIApplication, AIApplicationVersion, DataCollectionRule, Service
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -213,34 +213,7 @@ def parse_deploy_request(*, owner: User, data: Mapping[str, Any]) -> DeployReque
     traffic_limit = parse_traffic_limit(data.get("traffic_limit"), errors, is_websocket=is_websocket)
     auto_stop_hours = parse_auto_stop_hours(data.get("auto_stop_hours"), errors)
 
-    raw_configs = data.get("configs") or []
-    if not isinstance(raw_configs, list) or not raw_configs:
-        errors.add("configs", "Choose at least one AI application version.")
-        raw_configs = []
-    elif len(raw_configs) > settings.MAX_CONFIGS_PER_SERVICE:
-        # Refused before any row is read: each row costs queries.
-        errors.add(
-            "configs",
-            f"At most {settings.MAX_CONFIGS_PER_SERVICE} AI application versions per service; "
-            f"the request has {len(raw_configs)}.",
-        )
-        raw_configs = []
-
-    flavor_options = {option.flavor.code: option for option in flavor_options_for_pool(pool)} if pool else {}
-    configs: list[VersionConfigRequest] = []
-    row_versions: list[AIApplicationVersion | None] = []
-    for n, raw in enumerate(raw_configs):
-        app_version, config = _parse_config_row(
-            raw, errors, f"configs.{n}.", owner=owner, pool=pool, flavor_options=flavor_options
-        )
-        row_versions.append(app_version)
-        if config is not None:
-            configs.append(config)
-    # Which versions the rows name is checked even when another field of a row
-    # is bad, so a user learns of a repeated version in the same answer.
-    _check_versions_together(row_versions, errors)
-    if raw_configs and len(configs) == len(raw_configs):
-        _check_configs_together(configs, errors, is_websocket=is_websocket)
+    configs = parse_config_rows(data.get("configs"), errors, owner=owner, pool=pool, is_websocket=is_websocket)
 
     if errors:
         raise RequestInvalid(dict(errors))
@@ -256,6 +229,94 @@ def parse_deploy_request(*, owner: User, data: Mapping[str, Any]) -> DeployReque
         traffic_limit=traffic_limit,
         auto_stop_hours=auto_stop_hours,
     )
+
+
+def parse_config_rows(
+    raw_configs: Any,
+    errors: _Errors,
+    *,
+    owner: User,
+    pool: ResourcePool | None,
+    is_websocket: bool,
+    application_id: int | None = None,
+) -> list[VersionConfigRequest]:
+    """The version rows of a deploy or an update, each checked alone (named
+    `configs.<n>.<field>`) and together: whole ratios summing to 100, each
+    version once, all of one AI application (`application_id` when the service
+    has one already), no free specification in a gray launch, WebSocket-compliant
+    versions for a WebSocket service. The Deploy wizard, the Configuration
+    Updates tab and the REST API all come through here."""
+    if not isinstance(raw_configs, list) or not raw_configs:
+        errors.add("configs", "Choose at least one AI application version.")
+        return []
+    if len(raw_configs) > settings.MAX_CONFIGS_PER_SERVICE:
+        # Refused before any row is read: each row costs queries.
+        errors.add(
+            "configs",
+            f"At most {settings.MAX_CONFIGS_PER_SERVICE} AI application versions per service; "
+            f"the request has {len(raw_configs)}.",
+        )
+        return []
+
+    flavor_options = {option.flavor.code: option for option in flavor_options_for_pool(pool)} if pool else {}
+    configs: list[VersionConfigRequest] = []
+    row_versions: list[AIApplicationVersion | None] = []
+    for n, raw in enumerate(raw_configs):
+        app_version, config = _parse_config_row(
+            raw, errors, f"configs.{n}.", owner=owner, pool=pool, flavor_options=flavor_options
+        )
+        row_versions.append(app_version)
+        if config is not None:
+            configs.append(config)
+    # Which versions the rows name is checked even when another field of a row
+    # is bad, so a user learns of a repeated version in the same answer.
+    _check_versions_together(row_versions, errors, application_id=application_id)
+    if len(configs) == len(raw_configs):
+        _check_configs_together(configs, errors, is_websocket=is_websocket)
+    return configs
+
+
+@dataclass
+class UpdateRequest:
+    """What a user asked to change on a service; None: leave it as it is."""
+
+    description: str | None = None
+    configs: list[VersionConfigRequest] | None = None
+
+
+def parse_update_request(*, service: Service, data: Mapping[str, Any]) -> UpdateRequest:
+    """Check a change of a deployed service; raise RequestInvalid naming each bad field.
+
+    `data` may hold description and configs (rows as parse_deploy_request
+    takes them); what it leaves out stays. The versions stay of the service's AI
+    application, and WebSocket, fixed at deployment, cannot be changed.
+    """
+    errors = _Errors()
+    if not any(key in data for key in ("description", "configs", "websocket")):
+        errors.add("__all__", "Nothing to change: send a new description, new version configurations, or both.")
+    description = parse_description(data.get("description"), errors) if "description" in data else None
+    if "websocket" in data and _as_bool(data.get("websocket")) != service.is_websocket:
+        errors.add(
+            "websocket",
+            "WebSocket is fixed when a service is deployed; deploy a new service to "
+            + ("call it over HTTP." if service.is_websocket else "call it over WebSocket."),
+        )
+    configs = None
+    if "configs" in data:
+        application_id = (
+            service.configs.order_by("position").values_list("app_version__application_id", flat=True).first()
+        )
+        configs = parse_config_rows(
+            data.get("configs"),
+            errors,
+            owner=service.owner,
+            pool=service.pool,
+            is_websocket=service.is_websocket,
+            application_id=application_id,
+        )
+    if errors:
+        raise RequestInvalid(dict(errors))
+    return UpdateRequest(description=description, configs=configs)
 
 
 def service_limit_message(owner: User) -> str:
@@ -398,21 +459,27 @@ def _parse_app_version(version_ref: Any, errors: _Errors, key: str, *, owner: Us
     return app_version
 
 
-def _check_versions_together(versions: list[AIApplicationVersion | None], errors: _Errors) -> None:
-    """Each version once, all of one AI application (the first row's): a service
-    splits its traffic between versions of one model. Named on the later row."""
+def _check_versions_together(
+    versions: list[AIApplicationVersion | None], errors: _Errors, *, application_id: int | None = None
+) -> None:
+    """Each version once, all of one AI application (the service's, else the
+    first row's): a service splits its traffic between versions of one model.
+    Named on the later row."""
     first = next((version for version in versions if version is not None), None)
+    if application_id is not None:
+        application = AIApplication.objects.filter(id=application_id).first()
+    else:
+        application = first.application if first is not None else None
     seen: set[int] = set()
     for n, version in enumerate(versions):
-        if version is None or first is None:
+        if version is None or application is None:
             continue
         if version.id in seen:
             errors.add(f"configs.{n}.app_version", f"{version} is chosen twice; choose each version once.")
-        elif version.application_id != first.application_id:
+        elif version.application_id != application.id:
             errors.add(
                 f"configs.{n}.app_version",
-                f"All versions of a service must be of one AI application ({first.application.name}); "
-                f"{version} is not.",
+                f"All versions of a service must be of one AI application ({application.name}); {version} is not.",
             )
         seen.add(version.id)
 

@@ -26,6 +26,8 @@ from services.forms import (
     deploy_data_from_post,
     deploy_flavors_context,
     deploy_form_context,
+    update_data_from_post,
+    update_form_context,
     version_data_from_post,
 )
 from services.models import DataCollectionRule, Service
@@ -36,6 +38,7 @@ from services.validation import (
     parse_auto_stop_change,
     parse_collection_rule,
     parse_deploy_request,
+    parse_update_request,
     parse_version_request,
 )
 
@@ -99,7 +102,7 @@ def service_deploy(request: ConsoleRequest) -> HttpResponse:
     elif request.htmx and "add_row" in request.GET:
         # "Add AI application version and configuration": one more row, in place.
         context = deploy_added_row_context(request.user, request.GET)
-        return render(request, "services/service_deploy.html#version_row", context)
+        return render(request, "services/_version_rows.html#version_row", context)
     else:
         data = None
     context = deploy_form_context(request.user, data, errors, version_id=request.GET.get("version", ""))
@@ -117,7 +120,7 @@ def service_deploy_flavors(request: ConsoleRequest) -> HttpResponse:
     """Every version row's specifications for the chosen pool, each row's block
     swapped out of band and keeping the one it had checked."""
     context = deploy_flavors_context(request.user, request.GET)
-    return render(request, "services/service_deploy.html#flavors_for_rows", context)
+    return render(request, "services/_version_rows.html#flavors_for_rows", context)
 
 
 DETAIL_TABS = {
@@ -126,6 +129,7 @@ DETAIL_TABS = {
     "usage": "Usage Guide",
     "monitoring": "Monitoring",
     "collection": "Data Collection",
+    "update": "Configuration Updates",
 }
 # What an operator sees of another user's service: calling it and its app
 # codes stay with its owner (and so does the data its calls carried).
@@ -181,6 +185,8 @@ def _detail_page(
         context.update(_collection_context(service, extra.pop("collection_data", None)))
     elif tab == "monitoring":
         context.update(_monitoring_context(service))
+    elif tab == "update":
+        context.update(_update_context(service, extra.pop("update_data", None), extra.pop("update_errors", {})))
     context.update(extra)
     return render(request, "services/service_detail.html", context, status=status)
 
@@ -219,6 +225,45 @@ def _collection_context(service: Service, data: dict[str, Any] | None = None) ->
         "collected_total": selectors.collected_records_count(service),
         "body_max_kib": f"{settings.DATA_COLLECTION_BODY_MAX_BYTES / 1024:g}",
     }
+
+
+def _update_context(service: Service, data: dict[str, Any] | None, errors: dict[str, list[str]]) -> dict[str, Any]:
+    return {
+        **update_form_context(service, data, errors),
+        "update_history": selectors.service_update_history(service),
+    }
+
+
+# --- Configuration updates --------------------------------------------------------
+
+
+@login_required
+@require_POST
+def service_update(request: ConsoleRequest, service_id: uuid.UUID) -> HttpResponse:
+    """Change the service's description and version rows (the owner only): new
+    ratios at once, anything else as a live update (Upgrading)."""
+    service = selectors.service_get_for(request.user, service_id)
+    data = update_data_from_post(request.POST)
+    try:
+        update = actions.service_update(
+            service=service, request=parse_update_request(service=service, data=data), actor=request.user
+        )
+    except RequestInvalid as exc:
+        return _detail_page(request, service.id, "update", status=400, update_data=data, update_errors=exc.errors)
+    except actions.ActionRefused as exc:
+        messages.error(request, str(exc))
+    else:
+        if update is None:
+            messages.info(request, "Nothing changed: the configuration is as it was.")
+        elif update.is_live:
+            messages.success(
+                request,
+                f"{service.name} is Upgrading: new instances start first and take traffic once they answer "
+                "their health checks; the service keeps serving meanwhile.",
+            )
+        else:
+            messages.success(request, "Saved: every gateway routes by the new configuration now.")
+    return redirect(reverse("services:detail", args=[service.id]) + "?tab=update")
 
 
 # --- Prediction -----------------------------------------------------------------

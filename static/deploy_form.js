@@ -1,11 +1,12 @@
-// The Deploy form's version rows (templates/services/service_deploy.html).
+// The version rows of the Deploy form and of the Configuration Updates tab
+// (templates/services/_version_rows.html, in a form marked data-version-form).
 // The server adds a row (htmx, so its specifications are those of the pool
 // chosen now) and checks every rule on submit; this script only removes rows,
 // adds and removes environment variables, renumbers the rows and shows what
 // matters for one row or for several: with one row it takes all the traffic,
 // so its ratio is 100 and hidden.
 (function () {
-  const form = document.getElementById("deploy-form");
+  const form = document.querySelector("form[data-version-form]");
   const box = document.getElementById("version-rows");
   if (!form || !box) return;
   const addRow = document.getElementById("add-version-row");

@@ -340,6 +340,12 @@ def enqueued(monkeypatch):
     from services import tasks
 
     calls: list[tuple] = []
-    for name in ("service_deploy_task", "service_stop_task", "service_delete_task", "version_check_image_task"):
+    for name in (
+        "service_deploy_task",
+        "service_stop_task",
+        "service_delete_task",
+        "service_update_task",
+        "version_check_image_task",
+    ):
         monkeypatch.setattr(getattr(tasks, name), "delay", lambda *args, _name=name: calls.append((_name, *args)))
     return calls

@@ -20,6 +20,7 @@ API_STATUS = {
     ServiceStatus.STOPPING: "stopping",
     ServiceStatus.STOPPED: "stopped",
     ServiceStatus.DELETING: "deleting",
+    ServiceStatus.UPGRADING: "upgrading",
 }
 
 
@@ -159,8 +160,8 @@ def test_show_service_adds_instances_and_events_newest_first(api, running, versi
 
 
 def test_show_service_takes_a_fixed_number_of_queries(api, running, django_assert_num_queries):
-    # token + service + configs + instances + events
-    with django_assert_num_queries(5):
+    # token + service + configs + instances + events + updates
+    with django_assert_num_queries(6):
         assert api.get(f"/services/{running.id}").status_code == 200
 
 
