@@ -232,6 +232,11 @@ CONSOLE_ID = env_str("CONSOLE_ID", "console")
 INSTANCE_HOST = GATEWAY.instance_host
 MAX_INSTANCES_PER_VERSION = env_int("MAX_INSTANCES_PER_VERSION", 128)
 MAX_SERVICES_PER_USER = env_int("MAX_SERVICES_PER_USER", 20)
+# Instances of all a user's services together (staff may change it per user).
+MAX_INSTANCES_PER_USER = env_int("MAX_INSTANCES_PER_USER", 200)
+# Each user's resource quota unless staff set another (pools.UserQuota).
+QUOTA_VCPUS = env_int("QUOTA_VCPUS", 64)
+QUOTA_GPUS = env_int("QUOTA_GPUS", 4)
 # Version rows (gray launch) in one service; a request with more is refused before any is read.
 MAX_CONFIGS_PER_SERVICE = env_int("MAX_CONFIGS_PER_SERVICE", 10)
 # What one instance takes from its node beyond its flavor (the container's

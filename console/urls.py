@@ -4,6 +4,7 @@ from django.urls import include, path
 
 from access.views import ConsoleLogoutView
 from console import metrics as console_metrics
+from pools import views as pool_views
 
 urlpatterns = [
     path("", include("services.urls")),
@@ -11,6 +12,7 @@ urlpatterns = [
     path("access/", include("access.urls")),
     path("usage/", include("metering.urls")),
     path("pools/", include("pools.urls")),
+    path("quotas/", pool_views.quotas, name="quotas"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", ConsoleLogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

@@ -13,6 +13,7 @@ from django.db.models import ProtectedError, Q
 from django.utils import timezone
 
 from pools.models import Node, ResourcePool
+from pools.quotas import limits_problems, owner_lock
 from pools.selectors import node_capacity_list
 from pools.validation import NodeChange, NodeRequest, PoolRequest
 from services import runtime
@@ -170,6 +171,17 @@ def node_add(*, pool: ResourcePool, request: NodeRequest) -> Node:
         ) from None
     try:
         with transaction.atomic():
+            if pool.owner is not None:
+                # A dedicated pool takes its owner's quota for its nodes.
+                owner_lock(pool.owner)
+                problems = limits_problems(
+                    pool.owner, is_public=False, node_vcpus=info.cpu_count, node_gpus=request.gpu_count
+                )
+                if problems:
+                    owner = pool.owner.get_username()
+                    raise RequestInvalid(
+                        {"docker_host": [f"The pool's owner {owner} is short of quota. {problems[0]}"]}
+                    )
             return Node.objects.create(
                 pool=pool,
                 name=request.name,

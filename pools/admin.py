@@ -4,7 +4,7 @@ from django.utils.html import format_html
 from django.utils.timesince import timesince
 
 from pools.forms import FlavorForm, NodeInlineForm, ResourcePoolForm
-from pools.models import Flavor, Node, ResourcePool
+from pools.models import Flavor, Node, ResourcePool, UserQuota
 from pools.selectors import memory_text
 
 
@@ -73,3 +73,12 @@ class NodeAdmin(admin.ModelAdmin):
 class FlavorAdmin(admin.ModelAdmin):
     form = FlavorForm
     list_display = ["code", "display_name", "cpus", "memory_mib", "gpus", "is_free", "sort_order"]
+
+
+@admin.register(UserQuota)
+class UserQuotaAdmin(admin.ModelAdmin):
+    """Staff raise (or lower) one user's limits; an empty field keeps the default."""
+
+    list_display = ("user", "vcpus", "gpus", "max_services", "max_instances", "updated_at")
+    search_fields = ("user__username",)
+    autocomplete_fields = ("user",)

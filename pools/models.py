@@ -130,3 +130,26 @@ class Flavor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.display_name} ({self.code})"
+
+
+class UserQuota(models.Model):
+    """What one user may hold, where staff set it; an empty field means the
+    setting's default (settings.QUOTA_* and MAX_*_PER_USER). A user without a
+    row has every default."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="quota"
+    )
+    vcpus = models.PositiveIntegerField(
+        null=True, blank=True, help_text="vCPUs of public pools and of dedicated pools' nodes together."
+    )
+    gpus = models.PositiveIntegerField(null=True, blank=True)
+    max_services = models.PositiveIntegerField(null=True, blank=True, help_text="Real-time services, in any status.")
+    max_instances = models.PositiveIntegerField(null=True, blank=True, help_text="Instances of all services together.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "user quota"
+
+    def __str__(self) -> str:
+        return f"quota of {self.user}"

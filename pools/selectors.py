@@ -33,7 +33,10 @@ def pool_usable_nodes(pool: ResourcePool) -> list[Node]:
     return [node for node in pool.nodes.all() if node.is_enabled and node.is_reachable]
 
 
-def _fits(node: Node, flavor: Flavor) -> bool:
+def flavor_fits_node(node: Node, flavor: Flavor) -> bool:
+    """Whether one instance of the flavor can run on the node at all: an
+    engine refuses a container limited to more CPUs or memory than it has,
+    whatever the pool's overcommit (which applies to the sum of instances)."""
     return (
         Decimal(node.cpu_count) >= flavor.cpus
         and node.memory_mib >= flavor.memory_mib
@@ -67,35 +70,36 @@ def _unavailable_reason(pool: ResourcePool, nodes: list[Node], flavor: Flavor) -
 
 
 def flavor_options_for_pool(pool: ResourcePool | None) -> list[FlavorOption]:
-    """Every flavor, each marked available or not on this pool, with the reason."""
+    """Every flavor, each marked available or not on this pool, with the reason:
+    not offered, too large for any engine, or the pool is full (counting every
+    instance placed: what one more needs against the roomiest node's free room)."""
     flavors = list(Flavor.objects.all())
     if pool is None:
         return [FlavorOption(f, False, "no resource pool is selected") for f in flavors]
     nodes = pool_usable_nodes(pool)
     offered = None if pool.offers_every_flavor else set(pool.flavors.values_list("id", flat=True))
+    free = [capacity.free for capacity in node_capacity_list(nodes, pool)]
     options = []
     for flavor in flavors:
+        need = instance_need(flavor)
         if offered is not None and flavor.id not in offered:
             options.append(FlavorOption(flavor, False, f"not offered in pool {pool.name}"))
-        elif any(_fits(node, flavor) for node in nodes):
+        elif not any(flavor_fits_node(node, flavor) for node in nodes):
+            options.append(FlavorOption(flavor, False, _unavailable_reason(pool, nodes, flavor)))
+        elif any(room.covers(need) and flavor_fits_node(node, flavor) for node, room in zip(nodes, free, strict=True)):
             options.append(FlavorOption(flavor, True))
         else:
-            options.append(FlavorOption(flavor, False, _unavailable_reason(pool, nodes, flavor)))
+            options.append(FlavorOption(flavor, False, _full_reason(pool, free, need)))
     return options
 
 
-def node_pick_for(pool: ResourcePool, flavor: Flavor, extra_load: dict[int, int] | None = None) -> Node | None:
-    """The usable node of the pool that fits the flavor and runs the fewest instances."""
-    extra_load = extra_load or {}
-    candidates = (
-        Node.objects.filter(pool=pool, is_enabled=True, is_reachable=True)
-        .annotate(instance_total=Count("instances"))
-        .order_by("name")
+def _full_reason(pool: ResourcePool, free: list[Resources], need: Resources) -> str:
+    roomiest = max(free, key=lambda room: (room.cpus, room.memory_mib))
+    return (
+        f"pool {pool.name} is full: {cpus_text(max(roomiest.cpus, Decimal(0)))} vCPU and "
+        f"{memory_text(max(roomiest.memory_mib, 0))} free on its roomiest engine, "
+        f"{cpus_text(need.cpus)} vCPU and {memory_text(need.memory_mib)} needed"
     )
-    fitting = [node for node in candidates if _fits(node, flavor)]
-    if not fitting:
-        return None
-    return min(fitting, key=lambda node: (node.instance_total + extra_load.get(node.id, 0), node.name))
 
 
 # --- Capacity accounting ----------------------------------------------------------

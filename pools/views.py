@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from console.http import ConsoleRequest
 from pools import actions, selectors
 from pools.models import OVERCOMMIT_MAX, OVERCOMMIT_MIN, Flavor, ResourcePool
+from pools.quotas import quota_page_for
 from pools.validation import (
     GPU_MAX,
     node_change_parse,
@@ -43,6 +44,13 @@ def staff_required(view: View) -> View:
         return view(request, *args, **kwargs)
 
     return login_required(checked)
+
+
+@login_required
+@require_GET
+def quotas(request: ConsoleRequest) -> HttpResponse:
+    """Every user's own page: their limits, what they use, and what uses it."""
+    return render(request, "pools/quotas.html", quota_page_for(request.user))
 
 
 @staff_required

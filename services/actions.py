@@ -11,12 +11,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError
 from django.utils import timezone
 
+from pools.quotas import limits_problems, owner_lock
 from services import tasks
 from services.choices import UPDATABLE_STATUSES, ConfigPhase, ServiceStatus, VersionStatus
 from services.models import (
@@ -27,6 +26,7 @@ from services.models import (
     ServiceUpdate,
     ServiceVersionConfig,
 )
+from services.placement import PlacementRefused, instances_place
 from services.routing_sync import routing_sync
 from services.transitions import service_event_add, service_transition
 from services.validation import (
@@ -37,7 +37,6 @@ from services.validation import (
     VersionConfigRequest,
     VersionRequest,
     hours_text,
-    service_limit_message,
 )
 
 if TYPE_CHECKING:
@@ -105,15 +104,23 @@ def ai_application_version_delete(*, version: AIApplicationVersion) -> None:
 
 
 def service_create(*, owner: User, request: DeployRequest) -> Service:
-    """Store a validated service as Deploying and enqueue its deploy after commit.
+    """Store a validated service as Deploying, its instances placed on nodes,
+    and enqueue its deploy after commit.
 
-    The service limit is counted again here, with the owner's row locked, so
-    requests sent at once cannot together pass it (each validated alone).
+    The limits, the quota and the pool's room are checked again here, with the
+    owner's row and the pool's nodes locked, so requests sent at once cannot
+    together pass them (each validated alone). A refusal stores nothing.
     """
     with transaction.atomic():
-        get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
-        if Service.objects.filter(owner=owner).count() >= settings.MAX_SERVICES_PER_USER:
-            raise RequestInvalid({"__all__": [service_limit_message(owner)]})
+        owner_lock(owner)
+        problems = limits_problems(
+            owner,
+            new_services=1,
+            rows=[(config.flavor, config.instance_count) for config in request.configs],
+            is_public=request.pool.is_public,
+        )
+        if problems:
+            raise RequestInvalid({"__all__": problems})
         try:
             with transaction.atomic():
                 service = Service.objects.create(
@@ -129,7 +136,7 @@ def service_create(*, owner: User, request: DeployRequest) -> Service:
                 )
         except IntegrityError:
             raise RequestInvalid({"name": [f"You already have a service named {request.name}."]}) from None
-        ServiceVersionConfig.objects.bulk_create(
+        configs = ServiceVersionConfig.objects.bulk_create(
             ServiceVersionConfig(
                 service=service,
                 position=position,
@@ -141,10 +148,20 @@ def service_create(*, owner: User, request: DeployRequest) -> Service:
             )
             for position, config in enumerate(request.configs)
         )
+        _place(service, configs, list(range(len(configs))))
         instance_total = sum(config.instance_count for config in request.configs)
         service_event_add(service.id, f"Deployment queued: {instance_total} instance(s) on pool {request.pool.name}")
         transaction.on_commit(lambda: tasks.service_deploy_task.delay(str(service.id)))
     return service
+
+
+def _place(service: Service, configs: list[ServiceVersionConfig], row_numbers: list[int]) -> None:
+    """Place the configurations' instances, or refuse naming the request's row
+    (its number in `row_numbers`) that does not fit."""
+    try:
+        instances_place(service, configs)
+    except PlacementRefused as exc:
+        raise RequestInvalid({f"configs.{row_numbers[exc.config_index]}.flavor": [str(exc)]}) from None
 
 
 def _refuse(service: Service, action: str) -> NoReturn:
@@ -206,9 +223,9 @@ class UpdatePlan:
 
     # Configuration id → new weight, for the configurations that stay as they are.
     kept_weights: dict[int, int] = field(default_factory=dict)
-    # Rows that need new containers: a new version, or a version whose
-    # specification, compute nodes or environment changed.
-    new_rows: list[VersionConfigRequest] = field(default_factory=list)
+    # Rows that need new containers (with their number in the request): a new
+    # version, or a version whose specification, compute nodes or environment changed.
+    new_rows: list[tuple[int, VersionConfigRequest]] = field(default_factory=list)
     # Configurations that go (their version left, or a new row replaces it).
     removed: list[ServiceVersionConfig] = field(default_factory=list)
 
@@ -223,7 +240,7 @@ def update_plan(current: list[ServiceVersionConfig], wanted: list[VersionConfigR
     weight may change); any other change starts new containers."""
     plan = UpdatePlan()
     by_version = {config.app_version_id: config for config in current}
-    for row in wanted:
+    for number, row in enumerate(wanted):
         config = by_version.pop(row.app_version.id, None)
         if (
             config is not None
@@ -235,7 +252,7 @@ def update_plan(current: list[ServiceVersionConfig], wanted: list[VersionConfigR
             continue
         if config is not None:
             plan.removed.append(config)
-        plan.new_rows.append(row)
+        plan.new_rows.append((number, row))
     plan.removed.extend(by_version.values())
     return plan
 
@@ -314,6 +331,14 @@ def _live_update_start(
     service: Service, actor: User | None, plan: UpdatePlan, before: dict[str, Any], who: str
 ) -> ServiceUpdate:
     """Write the staged configurations and the plan, turn Upgrading, and enqueue the worker after commit."""
+    problems = limits_problems(
+        service.owner,
+        rows=[(row.flavor, row.instance_count) for _, row in plan.new_rows],
+        is_public=service.pool.is_public,
+    )
+    if problems:
+        # The old instances hold their place until the new ones took over.
+        raise RequestInvalid({"__all__": [*problems, "An update holds its old and new instances for a moment."]})
     next_position = (
         ServiceVersionConfig.objects.filter(service=service).order_by("-position").values_list("position", flat=True)
     ).first() or 0
@@ -328,10 +353,11 @@ def _live_update_start(
             envs=row.envs,
             phase=ConfigPhase.STAGED,
         )
-        for n, row in enumerate(plan.new_rows)
+        for n, (_, row) in enumerate(plan.new_rows)
     )
+    _place(service, staged, [number for number, _ in plan.new_rows])
     weights = {str(config_id): weight for config_id, weight in plan.kept_weights.items()}
-    weights.update({str(config.id): row.weight for config, row in zip(staged, plan.new_rows, strict=True)})
+    weights.update({str(config.id): row.weight for config, (_, row) in zip(staged, plan.new_rows, strict=True)})
     after_rows = [
         {
             "model_id": row.app_version.id,
@@ -342,7 +368,7 @@ def _live_update_start(
             "instance_count": row.instance_count,
             "envs": row.envs,
         }
-        for row in plan.new_rows
+        for _, row in plan.new_rows
     ]
     kept = [dict(r, weight=plan.kept_weights[c.id]) for c, r in _kept_rows(service, plan)]
     update = ServiceUpdate.objects.create(
@@ -353,7 +379,7 @@ def _live_update_start(
         after={"description": service.description, "config": kept + after_rows},
         plan={"weights": weights, "remove": [config.id for config in plan.removed]},
     )
-    new_instances = sum(row.instance_count for row in plan.new_rows)
+    new_instances = sum(row.instance_count for _, row in plan.new_rows)
     event = f"Update requested{who}: {_rows_text(update.after['config'])}"
     if new_instances:
         event += f"; starting {new_instances} new instance(s) before any traffic moves"

@@ -4,12 +4,25 @@ that services.validation checks; no rules live here."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.http import QueryDict
 
-from pools.selectors import FlavorOption, flavor_options_for_pool, pool_list_for
+from pools.models import Flavor, ResourcePool
+from pools.quotas import allowance_of, holding_of
+from pools.selectors import (
+    FlavorOption,
+    Resources,
+    flavor_options_for_pool,
+    instance_need,
+    node_capacity_list,
+    pool_list_for,
+    pool_usable_nodes,
+    usage_sum,
+)
 from services.choices import ConfigPhase
 from services.selectors import deployable_versions_for
 from services.validation import AUTO_STOP_HOURS
@@ -265,6 +278,63 @@ def _row_error_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for field, messages in row["errors"].items()
         for message in messages
     ]
+
+
+@dataclass(frozen=True)
+class DeployEstimate:
+    """What a deploy would take, as the wizard shows it before submit."""
+
+    pool: ResourcePool
+    need: Resources
+    instances: int
+    pool_free: Resources
+    pool_total: Resources
+    quota_vcpus_used: Decimal
+    quota_vcpus_added: Decimal
+    quota_vcpus: int
+    takes_quota: bool
+
+    @property
+    def fits_pool(self) -> bool:
+        return self.pool_free.covers(self.need)
+
+    @property
+    def fits_quota(self) -> bool:
+        return self.quota_vcpus_used + self.quota_vcpus_added <= self.quota_vcpus
+
+
+def deploy_estimate_context(user: User, params: QueryDict) -> dict[str, Any]:
+    """The wizard's "this deploy takes" line, from the rows as they stand (a
+    row with no specification or a bad count is left out; the server checks
+    everything again on submit)."""
+    pool_id = params.get("pool", "")
+    pool = pool_list_for(user).filter(id=pool_id).first() if pool_id.isdigit() else None
+    if pool is None:
+        return {"estimate": None}
+    flavors = {flavor.code: flavor for flavor in Flavor.objects.all()}
+    need, instances, vcpus = Resources(), 0, Decimal(0)
+    for prefix in _row_prefixes(params):
+        flavor = flavors.get(params.get(prefix + "flavor", ""))
+        count = params.get(prefix + "instance_count", "1").strip() or "1"
+        if flavor is None or not count.isdigit() or not 1 <= int(count) <= settings.MAX_INSTANCES_PER_VERSION:
+            continue
+        need = need + instance_need(flavor) * int(count)
+        instances += int(count)
+        vcpus += flavor.cpus * int(count)
+    usage = usage_sum(node_capacity_list(pool_usable_nodes(pool), pool))
+    allowance, held = allowance_of(user), holding_of(user)
+    estimate = DeployEstimate(
+        pool=pool,
+        need=need,
+        instances=instances,
+        pool_free=usage.free,
+        pool_total=usage.total,
+        quota_vcpus_used=held.vcpus,
+        quota_vcpus_added=vcpus if pool.is_public else Decimal(0),
+        quota_vcpus=allowance.vcpus,
+        takes_quota=pool.is_public,
+    )
+    return {"estimate": estimate if instances else None}
 
 
 def version_data_from_post(post: QueryDict) -> dict[str, Any]:

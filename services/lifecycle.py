@@ -27,7 +27,6 @@ from django.db.models import Q
 from django.utils import timezone
 
 from pools.models import Node
-from pools.selectors import node_pick_for
 from services import runtime
 from services.choices import ConfigPhase, InstanceState, ServiceStatus, VersionStatus
 from services.logs import container_log_excerpt_of
@@ -40,6 +39,7 @@ from services.models import (
     ServiceUpdate,
     ServiceVersionConfig,
 )
+from services.placement import PlacementRefused, instances_place
 from services.probes import probe_health_detail
 from services.routing_sync import routing_sync
 from services.transitions import service_event_add, service_transition
@@ -124,12 +124,6 @@ def lease_release_for_retry(service_id: uuid.UUID | str, token: uuid.UUID) -> No
 # --- Containers ----------------------------------------------------------------------
 
 
-def container_name_for(service_id: uuid.UUID | str, config_id: int, index: int) -> str:
-    """Never used twice: a configuration's id is not reused, so a live update's
-    new containers cannot be mistaken for (or adopt) those of one it replaced."""
-    return f"rts-{service_id}-{config_id}-{index}"
-
-
 def container_spec(service: Service, instance: Instance) -> runtime.ContainerSpec:
     """What the engine should run for one instance: image, limits, labels, port."""
     config = instance.config
@@ -185,12 +179,16 @@ def container_hardening() -> runtime.ContainerHardening:
 
 
 def instances_plan(service: Service, configs: list[ServiceVersionConfig] | None = None) -> list[Instance]:
-    """The service's Instance rows, one per compute node of each configuration,
-    created (and placed on a node) where missing. Rows are written before any
-    container exists, so the reconcile loop knows every container we create.
+    """The service's Instance rows, one per compute node of each configuration.
+    The action that created or changed the service placed them; one still
+    missing (a service stored some other way) is placed now, with the room of
+    the pool counted as at creation. Rows are written before any container
+    exists, so the reconcile loop knows every container we create.
 
     With `configs` (a live update's new ones), only theirs, and nothing else is
-    touched; without, every configuration's, and rows beyond the counts go."""
+    touched; without, every configuration's, and rows beyond the counts go.
+    Raises runtime.EngineError when a missing row finds no room.
+    """
     only = configs is not None
     if configs is None:
         configs = list(service.configs.select_related("app_version__application", "flavor"))
@@ -198,26 +196,23 @@ def instances_plan(service: Service, configs: list[ServiceVersionConfig] | None 
     if only:
         instances = instances.filter(config__in=configs)
     existing = {(i.config_id, i.index): i for i in instances}
-    extra_load: dict[int, int] = {}
+    missing = {
+        (config.id, index)
+        for config in configs
+        for index in range(config.instance_count)
+        if (config.id, index) not in existing
+    }
+    if missing:
+        try:
+            with transaction.atomic():
+                placed = instances_place(service, configs, only=missing)
+        except PlacementRefused as exc:
+            raise runtime.EngineError(str(exc)) from None
+        existing.update({(i.config_id, i.index): i for i in placed})
     wanted = []
     for config in configs:
         for index in range(config.instance_count):
-            instance = existing.pop((config.id, index), None)
-            if instance is None:
-                node = node_pick_for(service.pool, config.flavor, extra_load)
-                if node is None:
-                    raise runtime.EngineError(
-                        f"no reachable engine in pool {service.pool.name} fits {config.flavor.display_name}"
-                    )
-                extra_load[node.id] = extra_load.get(node.id, 0) + 1
-                instance = Instance.objects.create(
-                    service=service,
-                    config=config,
-                    index=index,
-                    node=node,
-                    container_name=container_name_for(service.id, config.id, index),
-                )
-                instance.node = node
+            instance = existing.pop((config.id, index))
             instance.config = config
             wanted.append(instance)
     for leftover in existing.values() if not only else ():

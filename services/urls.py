@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.service_list, name="list"),
     path("services/deploy/", views.service_deploy, name="deploy"),
     path("services/deploy/flavors/", views.service_deploy_flavors, name="deploy_flavors"),
+    path("services/deploy/estimate/", views.service_deploy_estimate, name="deploy_estimate"),
     path("services/<uuid:service_id>/", views.service_detail, name="detail"),
     path("services/<uuid:service_id>/start/", views.service_start, name="start"),
     path("services/<uuid:service_id>/stop/", views.service_stop, name="stop"),

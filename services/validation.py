@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 
 from pools.models import Flavor, ResourcePool
+from pools.quotas import allowance_of, service_limit_message
 from pools.selectors import FlavorOption, flavor_options_for_pool, pool_list_for
 from services.choices import VersionStatus
 from services.models import AIApplication, AIApplicationVersion, DataCollectionRule, Service
@@ -196,8 +197,9 @@ def parse_deploy_request(*, owner: User, data: Mapping[str, Any]) -> DeployReque
     description = parse_description(data.get("description"), errors)
 
     # A quick answer for the form; service_create counts again under a lock.
-    if Service.objects.filter(owner=owner).count() >= settings.MAX_SERVICES_PER_USER:
-        errors.add("__all__", service_limit_message(owner))
+    max_services = allowance_of(owner).max_services
+    if Service.objects.filter(owner=owner).count() >= max_services:
+        errors.add("__all__", service_limit_message(owner, max_services))
 
     pool = _parse_pool(data.get("pool"), errors, owner=owner)
     timeout_minutes = _as_int(
@@ -239,6 +241,7 @@ def parse_config_rows(
     pool: ResourcePool | None,
     is_websocket: bool,
     application_id: int | None = None,
+    running: frozenset[tuple[int, str]] = frozenset(),
 ) -> list[VersionConfigRequest]:
     """The version rows of a deploy or an update, each checked alone (named
     `configs.<n>.<field>`) and together: whole ratios summing to 100, each
@@ -263,7 +266,7 @@ def parse_config_rows(
     row_versions: list[AIApplicationVersion | None] = []
     for n, raw in enumerate(raw_configs):
         app_version, config = _parse_config_row(
-            raw, errors, f"configs.{n}.", owner=owner, pool=pool, flavor_options=flavor_options
+            raw, errors, f"configs.{n}.", owner=owner, pool=pool, flavor_options=flavor_options, running=running
         )
         row_versions.append(app_version)
         if config is not None:
@@ -306,6 +309,7 @@ def parse_update_request(*, service: Service, data: Mapping[str, Any]) -> Update
         application_id = (
             service.configs.order_by("position").values_list("app_version__application_id", flat=True).first()
         )
+        running = frozenset(service.configs.values_list("app_version_id", "flavor__code"))
         configs = parse_config_rows(
             data.get("configs"),
             errors,
@@ -313,24 +317,11 @@ def parse_update_request(*, service: Service, data: Mapping[str, Any]) -> Update
             pool=service.pool,
             is_websocket=service.is_websocket,
             application_id=application_id,
+            running=running,
         )
     if errors:
         raise RequestInvalid(dict(errors))
     return UpdateRequest(description=description, configs=configs)
-
-
-def service_limit_message(owner: User) -> str:
-    """Why a user at the service limit cannot deploy, and what to delete first."""
-    broken = list(
-        Service.objects.filter(owner=owner, status__in=["failed", "abnormal"])
-        .order_by("name")
-        .values_list("name", flat=True)[:5]
-    )
-    first = f" Your Failed or Abnormal services are the first to go: {', '.join(broken)}." if broken else ""
-    return (
-        f"You already have {settings.MAX_SERVICES_PER_USER} services, the most a user may have in any status. "
-        f"Delete one to deploy another.{first}"
-    )
 
 
 TRAFFIC_LIMIT_MAX = 100_000
@@ -399,6 +390,7 @@ def _parse_config_row(
     owner: User,
     pool: ResourcePool | None,
     flavor_options: dict[str, FlavorOption],
+    running: frozenset[tuple[int, str]] = frozenset(),
 ) -> tuple[AIApplicationVersion | None, VersionConfigRequest | None]:
     """One row of `configs` (a version with its traffic ratio, specification,
     compute nodes and environment): its version, or None when that is bad, and
@@ -416,7 +408,7 @@ def _parse_config_row(
         option = flavor_options.get(str(flavor_ref))
         if option is None:
             errors.add(prefix + "flavor", f"Specification {flavor_ref} does not exist.")
-        elif not option.is_available:
+        elif not option.is_available and (app_version and app_version.id, str(flavor_ref)) not in running:
             errors.add(prefix + "flavor", f"Specification {flavor_ref} cannot be used now: {option.reason}.")
         else:
             flavor = option.flavor

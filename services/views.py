@@ -24,6 +24,7 @@ from services.choices import ServiceStatus
 from services.forms import (
     deploy_added_row_context,
     deploy_data_from_post,
+    deploy_estimate_context,
     deploy_flavors_context,
     deploy_form_context,
     update_data_from_post,
@@ -112,6 +113,14 @@ def service_deploy(request: ConsoleRequest) -> HttpResponse:
 # A banner announcing a state that passes ("is deploying"): static/console.js
 # removes it once the page's polling stops, i.e. once nothing is in transition.
 TRANSIENT = "transient"
+
+
+@login_required
+@require_GET
+def service_deploy_estimate(request: ConsoleRequest) -> HttpResponse:
+    """What the Deploy form's rows would take from the pool and from the user's quota, as they stand."""
+    context = deploy_estimate_context(request.user, request.GET)
+    return render(request, "services/service_deploy.html#estimate", context)
 
 
 @login_required

@@ -77,8 +77,9 @@ def owner_client(client, owner):
 
 @pytest.fixture
 def pool(db):
-    """The public pool "public-cpu" with one node on the test's Docker engine."""
-    return make_pool()
+    """The public pool "public-cpu" with one node on the test's Docker engine,
+    overcommitted 16 times (the most allowed), so that it holds 30 small instances."""
+    return make_pool(overcommit=16)
 
 
 @pytest.fixture

@@ -50,10 +50,15 @@ def add_node(
     )
 
 
-def make_pool(name: str = "public-cpu", *, owner=None, local_node: str | None = "local") -> ResourcePool:
+def make_pool(
+    name: str = "public-cpu", *, owner=None, local_node: str | None = "local", overcommit: int = 1
+) -> ResourcePool:
     """A pool, public unless it has an owner, with one node named `local_node`
-    (2 CPUs, 8 GiB) on the test's Docker engine; `local_node=None` for none."""
-    pool = ResourcePool.objects.create(name=name, is_public=owner is None, owner=owner)
+    (2 CPUs, 8 GiB) on the test's Docker engine; `local_node=None` for none.
+    CPU and memory are overcommitted `overcommit` times (none unless told)."""
+    pool = ResourcePool.objects.create(
+        name=name, is_public=owner is None, owner=owner, cpu_overcommit=overcommit, memory_overcommit=overcommit
+    )
     if local_node:
         add_node(pool, local_node, docker_host=settings.DOCKER_HOST)
     return pool

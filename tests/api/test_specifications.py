@@ -58,7 +58,8 @@ def test_specifications_for_a_named_pool(api, owner, pool, flavors):
         pool=gpu_pool,
         name="gpu-1",
         docker_host="unix:///x",
-        cpu_count=64,
+        # 64 vCPUs for the flavor and a little for the system overhead.
+        cpu_count=65,
         memory_mib=65536,
         gpu_count=1,
         is_reachable=True,

@@ -151,7 +151,7 @@ def test_a_pool_change_refreshes_the_specifications_of_every_row(
     live_server, page, owner, pool, flavors, demo_version, second_version
 ):
     big = ResourcePool.objects.create(name="big-one", is_public=False, owner=owner)
-    add_node(big, "big-1", cpus=64, memory_mib=65536)
+    add_node(big, "big-1", cpus=65, memory_mib=65536)
     open_deploy_form(page, live_server)
     fill_two_rows(page, demo_version, second_version)
     assert page.locator("#r2-flavor-options input[value='cpu.64u8g']").is_disabled()

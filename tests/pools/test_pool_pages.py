@@ -535,3 +535,23 @@ def test_a_pool_page_without_nodes_invites_to_add_one(staff_client, db):
     page = page_of(staff_client.get(f"/pools/{pool.id}/"))
 
     assert "No nodes yet." in page and f'href="/pools/{pool.id}/nodes/new/"' in page
+
+
+@pytest.mark.docker
+def test_a_dedicated_pools_node_takes_its_owners_quota(staff_client, engine, owner, settings):
+    expected = runtime.engine_info(engine)
+    settings.QUOTA_VCPUS = expected.cpu_count - 1
+    pool = make_pool("owners", owner=owner, local_node=None)
+
+    response = staff_client.post(f"/pools/{pool.id}/nodes/new/", {"name": "theirs", "docker_host": engine})
+
+    assert response.status_code == 400
+    assert (
+        f"The pool&#x27;s owner owner is short of quota. vCPU quota exceeded: this needs {expected.cpu_count} vCPUs"
+        in page_of(response)
+    )
+    assert not Node.objects.filter(pool=pool).exists()
+    settings.QUOTA_VCPUS = expected.cpu_count
+    assert (
+        staff_client.post(f"/pools/{pool.id}/nodes/new/", {"name": "theirs", "docker_host": engine}).status_code == 302
+    )

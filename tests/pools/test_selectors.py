@@ -4,8 +4,7 @@ where an instance is placed."""
 import pytest
 
 from pools.models import Flavor, ResourcePool
-from pools.selectors import flavor_options_for_pool, node_pick_for, pool_list_for
-from services.models import Instance, Service, ServiceVersionConfig
+from pools.selectors import flavor_options_for_pool, pool_list_for
 from tests.factories import add_node
 
 pytestmark = pytest.mark.django_db
@@ -143,47 +142,3 @@ def test_pool_list_of_another_user_excludes_my_dedicated_pool(owner, other_user,
     ResourcePool.objects.create(name="mine", is_public=False, owner=owner)
 
     assert list(pool_list_for(other_user)) == [pool]
-
-
-# --- node_pick_for ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def two_node_pool(db):
-    pool = ResourcePool.objects.create(name="two-nodes", is_public=True)
-    return pool, add_node(pool, "node-a"), add_node(pool, "node-b")
-
-
-def test_node_pick_spreads_planned_instances_over_two_nodes(two_node_pool, flavors):
-    pool, node_a, node_b = two_node_pool
-    extra_load: dict[int, int] = {}
-    picked = []
-    for _ in range(4):
-        node = node_pick_for(pool, flavors["small"], extra_load)
-        extra_load[node.id] = extra_load.get(node.id, 0) + 1
-        picked.append(node.name)
-
-    assert picked == ["node-a", "node-b", "node-a", "node-b"]
-
-
-def test_node_pick_prefers_the_node_running_fewer_instances(two_node_pool, owner, flavors, demo_version):
-    pool, node_a, node_b = two_node_pool
-    service = Service.objects.create(owner=owner, name="svc", pool=pool)
-    config = ServiceVersionConfig.objects.create(service=service, app_version=demo_version, flavor=flavors["small"])
-    for index in range(2):
-        Instance.objects.create(service=service, config=config, index=index, node=node_a, container_name=f"c-{index}")
-
-    assert node_pick_for(pool, flavors["small"]) == node_b
-    assert node_pick_for(pool, flavors["small"], {node_b.id: 2}) == node_a  # ties go to the first name
-
-
-def test_node_pick_skips_nodes_that_are_unusable_or_too_small(two_node_pool, flavors):
-    pool, node_a, node_b = two_node_pool
-    node_a.is_reachable = False
-    node_a.save()
-
-    assert node_pick_for(pool, flavors["small"], {node_b.id: 10}) == node_b
-    assert node_pick_for(pool, flavors["big"]) is None
-    node_b.is_enabled = False
-    node_b.save()
-    assert node_pick_for(pool, flavors["small"]) is None

@@ -9,7 +9,7 @@ import pytest
 from django.urls import reverse
 from django.utils.html import escape
 
-from pools.models import ResourcePool
+from pools.models import Node, ResourcePool
 from services.choices import ServiceStatus, VersionStatus
 from services.models import Instance, Service, ServiceEvent, ServiceVersionConfig
 from services.validation import RequestInvalid, parse_deploy_request
@@ -165,7 +165,11 @@ def test_valid_deploy_stores_one_deploying_service_and_redirects_to_the_list(
     assert [event.message for event in ServiceEvent.objects.all()] == [
         "Deployment queued: 2 instance(s) on pool public-cpu"
     ]
-    assert Instance.objects.count() == 0
+    # Placed on the pool's node in the same transaction; no container yet.
+    assert list(Instance.objects.values_list("node__name", "state", "container_id")) == [
+        ("local", "pending", ""),
+        ("local", "pending", ""),
+    ]
     assert len(callbacks) == 1  # the deploy task, enqueued only after commit
 
 
@@ -176,7 +180,10 @@ def test_valid_deploy_shows_a_success_message_on_the_list(owner_client, form):
     assert "Service svc-one is deploying." in page_text(response)
 
 
-def test_deploy_accepts_the_largest_instance_count(owner_client, form):
+def test_deploy_accepts_the_largest_instance_count(owner_client, form, settings):
+    # A node large enough for 128 instances of 1 vCPU (and their overhead), and the quota for them.
+    Node.objects.update(cpu_count=64, memory_mib=262_144)
+    settings.QUOTA_VCPUS = 128
     response = post_deploy(owner_client, form, instance_count="128")
 
     assert response.status_code == 302
@@ -471,7 +478,7 @@ def test_deploy_refuses_a_service_beyond_the_per_user_quota(owner_client, form, 
     response = post_deploy(owner_client, form)
 
     message = (
-        "You already have 2 services, the most a user may have in any status. Delete one to deploy another. "
+        "You already have 2 services, the most you may have in any status. Delete one to deploy another. "
         "Your Failed or Abnormal services are the first to go: broken."
     )
     assert_refused(response, "general", message, before)
@@ -554,7 +561,8 @@ def test_flavors_fragment_marks_flavors_for_the_chosen_pool(owner_client, pool, 
 
 def test_flavors_fragment_follows_the_pool_capacity(owner_client, owner, pool, flavors):
     big = ResourcePool.objects.create(name="big-one", is_public=False, owner=owner)
-    add_node(big, "big-1", cpus=64, memory_mib=65536)
+    # 64 vCPUs for the largest flavor and a little for the system overhead.
+    add_node(big, "big-1", cpus=65, memory_mib=65536)
 
     response = owner_client.get(reverse("services:deploy_flavors"), {"pool": big.id})
 
@@ -964,7 +972,8 @@ def test_adding_a_row_returns_one_empty_row_under_a_new_prefix(owner_client, poo
 
 def test_adding_a_row_offers_the_specifications_of_the_chosen_pool(owner_client, owner, pool, flavors):
     big = ResourcePool.objects.create(name="big-one", is_public=False, owner=owner)
-    add_node(big, "big-1", cpus=64, memory_mib=65536)
+    # 64 vCPUs for the largest flavor and a little for the system overhead.
+    add_node(big, "big-1", cpus=65, memory_mib=65536)
 
     response = add_row(owner_client, pool=big.id, rows=[""])
 
@@ -996,7 +1005,8 @@ def test_the_add_row_request_without_htmx_is_the_whole_page(owner_client, pool, 
 
 def test_a_pool_change_refreshes_every_rows_specifications_keeping_their_choice(owner_client, owner, pool, flavors):
     big = ResourcePool.objects.create(name="big-one", is_public=False, owner=owner)
-    add_node(big, "big-1", cpus=64, memory_mib=65536)
+    # 64 vCPUs for the largest flavor and a little for the system overhead.
+    add_node(big, "big-1", cpus=65, memory_mib=65536)
 
     response = owner_client.get(
         reverse("services:deploy_flavors"),

@@ -279,10 +279,12 @@ def test_delete_while_deploying_leaves_no_container(
     settings.TASK_LEASE_SECONDS = 3  # the deploy notices a lost lease within a second
     real_ensure = runtime.ensure_container_running
     gate = threading.Event()
+    entered = threading.Event()
     if moment == "while-starting-containers":
-        # Hold the deploy between writing its Instance rows and creating the
-        # containers, then let it create them after the delete has finished.
+        # Hold the deploy once it claimed the service and is about to create
+        # the containers, then let it create them after the delete has finished.
         def held_ensure(docker_host, spec):
+            entered.set()
             assert gate.wait(30)
             return real_ensure(docker_host, spec)
 
@@ -296,12 +298,7 @@ def test_delete_while_deploying_leaves_no_container(
     deploy.start()
     try:
         if moment == "while-starting-containers":
-            eventually(
-                lambda: Instance.objects.filter(service=service).count() == 2,
-                timeout=30,
-                interval=0.02,
-                message="the deploy never wrote its Instance rows",
-            )
+            assert entered.wait(30), "the deploy never came to create its containers"
         else:
             eventually(
                 lambda: len(containers_of(docker_client, service.id)) == 2,
