@@ -189,6 +189,13 @@ def _schemas() -> dict[str, Any]:
                     "enum": [1, 2, 4, 8, 24, None],
                     "description": "Stop the service by itself this many hours after it turns Running. Default: never.",
                 },
+                "multi_pool_lb": {
+                    "type": "boolean",
+                    "description": "Multi-pool load balancing: run half the instances in pool_name and half in "
+                    "second_pool_name (both dedicated, of the same node specification); instance_count must be a "
+                    "multiple of 2 and at least 2.",
+                },
+                "second_pool_name": {"type": "string", "description": "The second dedicated pool (multi_pool_lb)."},
             },
             "required": ["service_name", "config"],
         },
@@ -240,6 +247,7 @@ def _schemas() -> dict[str, Any]:
                     "description": "concerning is the console's Alarm: some instances are unhealthy.",
                 },
                 "pool_name": {"type": "string"},
+                "second_pool_name": {"type": ["string", "null"], "description": "With multi-pool load balancing."},
                 "access_address": {"type": "string", "format": "uri", "description": "Call the service here."},
                 "config": {"type": "array", "items": _ref("ServiceConfig")},
                 "invocation_times": {"type": "integer"},

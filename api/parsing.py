@@ -28,6 +28,8 @@ SERVICE_FIELDS = {
     "traffic_limit": "traffic_limit",
     "auto_stop_hours": "auto_stop_hours",
     "configs": "config",
+    "multi_pool": "multi_pool_lb",
+    "second_pool": "second_pool_name",
 }
 SERVICE_CONFIG_FIELDS = {
     "app_version": "model_id",
@@ -115,6 +117,8 @@ def deploy_data_from_api(user: User, body: Mapping[str, Any]) -> dict[str, Any]:
         "traffic_limit": body.get("traffic_limit"),
         "auto_stop_hours": body.get("auto_stop_hours"),
         "configs": _configs_from_api(body.get("config")),
+        "multi_pool": body.get("multi_pool_lb", False),
+        "second_pool": body.get("second_pool_name"),
     }
 
 

@@ -102,6 +102,7 @@ def service_summary(service: Service) -> dict[str, Any]:
         "description": service.description,
         "status": service_status_name(service.status),
         "pool_name": service.pool.name,
+        "second_pool_name": service.second_pool.name if service.second_pool is not None else None,
         "access_address": access_address(service),
         # A live update's new configurations join once traffic moved to them.
         "config": [config_data(config) for config in service.configs.all() if config.phase == ConfigPhase.SERVING],

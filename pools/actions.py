@@ -122,7 +122,7 @@ def pool_delete(*, pool: ResourcePool) -> None:
         # either is seen below or waits and then fails.
         list(Node.objects.select_for_update().filter(pool=locked))
         services = list(
-            Service.objects.filter(Q(pool=locked) | Q(instances__node__pool=locked))
+            Service.objects.filter(Q(pool=locked) | Q(second_pool=locked) | Q(instances__node__pool=locked))
             .select_related("owner")
             .distinct()
             .order_by("name")

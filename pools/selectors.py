@@ -368,7 +368,7 @@ def pool_detail(pool: ResourcePool) -> PoolDetail:
     ):
         placed[instance.node_id].append(instance)
     services = list(
-        Service.objects.filter(pool=pool)
+        Service.objects.filter(Q(pool=pool) | Q(second_pool=pool))
         .select_related("owner")
         .annotate(instance_total=Count("instances"))
         .order_by("name", "owner__username")

@@ -132,6 +132,7 @@ def service_create(*, owner: User, request: DeployRequest) -> Service:
                     is_websocket=request.is_websocket,
                     traffic_limit=request.traffic_limit,
                     auto_stop_hours=request.auto_stop_hours,
+                    second_pool=request.second_pool,
                     status=ServiceStatus.DEPLOYING,
                 )
         except IntegrityError:
@@ -150,7 +151,10 @@ def service_create(*, owner: User, request: DeployRequest) -> Service:
         )
         _place(service, configs, list(range(len(configs))))
         instance_total = sum(config.instance_count for config in request.configs)
-        service_event_add(service.id, f"Deployment queued: {instance_total} instance(s) on pool {request.pool.name}")
+        where = f"pool {request.pool.name}"
+        if request.second_pool is not None:
+            where = f"pools {request.pool.name} and {request.second_pool.name}, half in each"
+        service_event_add(service.id, f"Deployment queued: {instance_total} instance(s) on {where}")
         transaction.on_commit(lambda: tasks.service_deploy_task.delay(str(service.id)))
     return service
 

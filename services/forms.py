@@ -94,6 +94,8 @@ def deploy_data_from_post(post: QueryDict) -> dict[str, Any]:
         "traffic_limit": post.get("traffic_limit", "").strip(),
         "auto_stop_hours": post.get("auto_stop_hours", ""),
         "configs": configs,
+        "multi_pool": post.get("multi_pool") == "on",
+        "second_pool": post.get("second_pool", ""),
     }
 
 
@@ -163,6 +165,8 @@ def deploy_form_context(
     }
     data.setdefault("traffic_limit", "")
     data.setdefault("auto_stop_hours", "")
+    data.setdefault("multi_pool", False)
+    data.setdefault("second_pool", "")
     selected_pool = next((pool for pool in pools if str(pool.id) == str(data["pool"])), None)
     flavor_options = flavor_options_for_pool(selected_pool)
     form_errors, row_errors = _split_errors(errors, len(data["configs"]))
@@ -178,6 +182,8 @@ def deploy_form_context(
         "row_error_summary": _row_error_summary(rows),
         "pools": pools,
         "has_public_pool": any(pool.is_public for pool in pools),
+        # Multi-pool load balancing is offered to a user with two dedicated pools.
+        "dedicated_pools": [pool for pool in pools if not pool.is_public],
         "flavor_options": flavor_options,
         "versions": versions,
         "max_instances": settings.MAX_INSTANCES_PER_VERSION,

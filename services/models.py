@@ -74,6 +74,12 @@ class Service(models.Model):
     name = models.CharField(max_length=64)
     description = models.CharField(max_length=100, blank=True)
     pool = models.ForeignKey("pools.ResourcePool", on_delete=models.PROTECT, related_name="services")
+    # Multi-pool load balancing: a second dedicated pool of the same node
+    # specification; instances are split evenly between the two (even indexes
+    # in `pool`, odd ones here), and so are the calls.
+    second_pool = models.ForeignKey(
+        "pools.ResourcePool", null=True, blank=True, on_delete=models.PROTECT, related_name="second_services"
+    )
     status = models.CharField(max_length=16, choices=ServiceStatus.choices, default=ServiceStatus.DEPLOYING)
     status_reason = models.CharField(max_length=500, blank=True)
     timeout_minutes = models.PositiveIntegerField(default=20)
@@ -124,6 +130,9 @@ class Service(models.Model):
             models.CheckConstraint(
                 condition=models.Q(timeout_minutes__gte=1, timeout_minutes__lte=120), name="service_timeout_range"
             ),
+            models.CheckConstraint(
+                condition=~models.Q(second_pool=models.F("pool")), name="service_second_pool_differs"
+            ),
         ]
         indexes = [models.Index(fields=["status"])]
 
@@ -169,6 +178,17 @@ class Service(models.Model):
         """The serving configurations as the REST API and the update history show them."""
         configs = self.configs.select_related("app_version__application", "flavor").filter(phase=ConfigPhase.SERVING)
         return [config.summary() for config in configs.order_by("position")]
+
+    @property
+    def is_multi_pool(self) -> bool:
+        return self.second_pool_id is not None
+
+    def pool_for_instance(self, index: int) -> int:
+        """The id of the pool an instance of this index runs in: with multi-pool
+        load balancing, even indexes in the first pool and odd ones in the second."""
+        if self.second_pool_id is not None and index % 2:
+            return self.second_pool_id
+        return self.pool_id
 
     @property
     def can_update(self) -> bool:

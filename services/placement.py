@@ -44,9 +44,9 @@ def _cpus(value: Decimal) -> str:
     return f"{cpus_text(value)} vCPU" + ("" if value == 1 else "s")
 
 
-def pool_nodes_locked(pool: ResourcePool) -> list[Node]:
-    """The pool's nodes that take new instances, locked until the transaction ends."""
-    locked = list(Node.objects.select_for_update().filter(pool=pool).order_by("id"))
+def pool_nodes_locked(pools: list[ResourcePool]) -> list[Node]:
+    """The pools' nodes that take new instances, locked until the transaction ends."""
+    locked = list(Node.objects.select_for_update().filter(pool__in=pools).order_by("id"))
     return [node for node in locked if node.is_enabled and node.is_reachable]
 
 
@@ -54,11 +54,19 @@ def instances_place(
     service: Service, configs: list[ServiceVersionConfig], only: set[tuple[int, int]] | None = None
 ) -> list[Instance]:
     """Create the Instance rows of these configurations (or just the (config id,
-    index) pairs in `only`), each on a node with room for it; PlacementRefused
-    (naming the configuration's index in `configs`) when one does not fit. Call
-    inside a transaction."""
-    nodes = pool_nodes_locked(service.pool)
-    capacities = node_capacity_list(nodes, service.pool)
+    index) pairs in `only`), each on a node with room for it in its pool (with
+    multi-pool load balancing, even indexes in the first pool, odd ones in the
+    second); PlacementRefused (naming the configuration's index in `configs`)
+    when one does not fit. Call inside a transaction."""
+    pools = {service.pool_id: service.pool}
+    if service.second_pool is not None:
+        pools[service.second_pool.id] = service.second_pool
+    nodes = pool_nodes_locked(list(pools.values()))
+    capacities = [
+        capacity
+        for pool in pools.values()
+        for capacity in node_capacity_list([node for node in nodes if node.pool_id == pool.id], pool)
+    ]
     free = {capacity.node.id: capacity.free for capacity in capacities}
     counts = {capacity.node.id: capacity.instance_count for capacity in capacities}
     rows: list[Instance] = []
@@ -67,9 +75,11 @@ def instances_place(
         for index in range(config.instance_count):
             if only is not None and (config.id, index) not in only:
                 continue
-            fitting = [node for node in nodes if flavor_fits_node(node, config.flavor) and free[node.id].covers(need)]
+            pool = pools[service.pool_for_instance(index)]
+            in_pool = [node for node in nodes if node.pool_id == pool.id]
+            fitting = [node for node in in_pool if flavor_fits_node(node, config.flavor) and free[node.id].covers(need)]
             if not fitting:
-                raise PlacementRefused(_full_message(service.pool, nodes, free, need, index, config), n)
+                raise PlacementRefused(_full_message(pool, in_pool, free, need, index, config), n)
             # The most CPU left first, so instances spread over the nodes.
             node = max(fitting, key=lambda node: (free[node.id].cpus, -counts[node.id], node.name))
             free[node.id] = free[node.id] - need
@@ -96,7 +106,7 @@ def _full_message(
 ) -> str:
     if not nodes:
         return f"Pool {pool.name} has no engine that is enabled and answering; no instance can be placed now."
-    roomiest = max(free.values(), key=lambda room: (room.cpus, room.memory_mib))
+    roomiest = max((free[node.id] for node in nodes), key=lambda room: (room.cpus, room.memory_mib))
     fitted = f"; {placed} of its {config.instance_count} instances fit" if placed else ""
     what = f"{_cpus(need.cpus)} and {memory_text(need.memory_mib)}"
     if need.gpus:

@@ -61,7 +61,7 @@ def service_list_for(user: User, *, all_users: bool = False) -> QuerySet[Service
     what the list shows, in a fixed number of queries."""
     return (
         _services_visible_to(user, all_users=all_users)
-        .select_related("pool", "owner")
+        .select_related("pool", "second_pool", "owner")
         # Counted per row by subqueries, so a page of 10 counts 10 services' instances, not all.
         .annotate(
             instance_total=Coalesce(Subquery(_instance_count(Q())), 0),

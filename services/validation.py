@@ -59,6 +59,8 @@ class DeployRequest:
     traffic_limit: int | None = None
     # Hours after it turns Running that the service stops by itself; None: never.
     auto_stop_hours: int | None = None
+    # Multi-pool load balancing: the second dedicated pool; None: one pool.
+    second_pool: ResourcePool | None = None
 
 
 class _Errors(dict[str, list[str]]):
@@ -215,7 +217,12 @@ def parse_deploy_request(*, owner: User, data: Mapping[str, Any]) -> DeployReque
     traffic_limit = parse_traffic_limit(data.get("traffic_limit"), errors, is_websocket=is_websocket)
     auto_stop_hours = parse_auto_stop_hours(data.get("auto_stop_hours"), errors)
 
-    configs = parse_config_rows(data.get("configs"), errors, owner=owner, pool=pool, is_websocket=is_websocket)
+    second_pool = None
+    if _as_bool(data.get("multi_pool", False)):
+        second_pool = _parse_second_pool(data.get("second_pool"), errors, owner=owner, pool=pool)
+    configs = parse_config_rows(
+        data.get("configs"), errors, owner=owner, pool=pool, is_websocket=is_websocket, second_pool=second_pool
+    )
 
     if errors:
         raise RequestInvalid(dict(errors))
@@ -230,7 +237,65 @@ def parse_deploy_request(*, owner: User, data: Mapping[str, Any]) -> DeployReque
         configs=configs,
         traffic_limit=traffic_limit,
         auto_stop_hours=auto_stop_hours,
+        second_pool=second_pool,
     )
+
+
+def _node_specs(pool: ResourcePool) -> list[tuple[int, int, int]]:
+    return sorted((n.cpu_count, n.memory_mib, n.gpu_count) for n in pool.nodes.all() if n.is_enabled)
+
+
+def _specs_text(pool: ResourcePool) -> str:
+    specs = _node_specs(pool)
+    if not specs:
+        return "no node"
+    return ", ".join(f"{cpus} vCPUs, {memory // 1024} GiB, {gpus} GPUs" for cpus, memory, gpus in specs)
+
+
+def _parse_second_pool(
+    pool_ref: Any, errors: _Errors, *, owner: User, pool: ResourcePool | None
+) -> ResourcePool | None:
+    """The second dedicated pool of a multi-pool service, or None with an error:
+    both pools dedicated and the owner's, different, with the same node specification."""
+    if pool is not None and pool.is_public:
+        errors.add(
+            "multi_pool",
+            f"Multi-pool load balancing runs a service in two dedicated resource pools; {pool.name} is public.",
+        )
+        return None
+    if pool_ref in (None, ""):
+        errors.add("second_pool", "Choose the second dedicated resource pool.")
+        return None
+    lookup = {"id": pool_ref} if str(pool_ref).isdigit() else {"name": pool_ref}
+    second = pool_list_for(owner).filter(is_public=False, **lookup).prefetch_related("nodes").first()
+    if second is None:
+        errors.add("second_pool", f"Resource pool {pool_ref} is not one of your dedicated pools.")
+        return None
+    if pool is not None and second.id == pool.id:
+        errors.add("second_pool", "Choose a second pool other than the first.")
+        return None
+    if pool is not None and _node_specs(pool) != _node_specs(second):
+        errors.add(
+            "second_pool",
+            f"The two pools need the same node specification: {pool.name} has {_specs_text(pool)}; "
+            f"{second.name} has {_specs_text(second)}.",
+        )
+        return None
+    return second
+
+
+def _options_in_both(
+    first: list[FlavorOption], second: list[FlavorOption], second_pool: ResourcePool
+) -> dict[str, FlavorOption]:
+    """Each flavor available only where both pools can run it, with the first reason against it."""
+    other = {option.flavor.code: option for option in second}
+    merged = {}
+    for option in first:
+        partner = other.get(option.flavor.code)
+        if option.is_available and partner is not None and not partner.is_available:
+            option = FlavorOption(option.flavor, False, f"in the second pool {second_pool.name}: {partner.reason}")
+        merged[option.flavor.code] = option
+    return merged
 
 
 def parse_config_rows(
@@ -242,6 +307,7 @@ def parse_config_rows(
     is_websocket: bool,
     application_id: int | None = None,
     running: frozenset[tuple[int, str]] = frozenset(),
+    second_pool: ResourcePool | None = None,
 ) -> list[VersionConfigRequest]:
     """The version rows of a deploy or an update, each checked alone (named
     `configs.<n>.<field>`) and together: whole ratios summing to 100, each
@@ -262,6 +328,10 @@ def parse_config_rows(
         return []
 
     flavor_options = {option.flavor.code: option for option in flavor_options_for_pool(pool)} if pool else {}
+    if pool is not None and second_pool is not None:
+        flavor_options = _options_in_both(
+            flavor_options_for_pool(pool), flavor_options_for_pool(second_pool), second_pool
+        )
     configs: list[VersionConfigRequest] = []
     row_versions: list[AIApplicationVersion | None] = []
     for n, raw in enumerate(raw_configs):
@@ -269,6 +339,13 @@ def parse_config_rows(
             raw, errors, f"configs.{n}.", owner=owner, pool=pool, flavor_options=flavor_options, running=running
         )
         row_versions.append(app_version)
+        if config is not None and second_pool is not None and (config.instance_count % 2 or config.instance_count < 2):
+            errors.add(
+                f"configs.{n}.instance_count",
+                "With multi-pool load balancing, compute nodes must be a multiple of 2 and at least 2 "
+                "(half of them in each pool).",
+            )
+            config = None
         if config is not None:
             configs.append(config)
     # Which versions the rows name is checked even when another field of a row
@@ -318,6 +395,7 @@ def parse_update_request(*, service: Service, data: Mapping[str, Any]) -> Update
             is_websocket=service.is_websocket,
             application_id=application_id,
             running=running,
+            second_pool=service.second_pool,
         )
     if errors:
         raise RequestInvalid(dict(errors))

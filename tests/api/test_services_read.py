@@ -73,6 +73,7 @@ def test_list_services_gives_each_service_its_summary(api, running, version):
         "description": "the demo",
         "status": "concerning",
         "pool_name": "public-cpu",
+        "second_pool_name": None,
         "access_address": f"http://gateway.test:8001/v1/infers/{running.id}",
         "config": [
             {
