@@ -290,6 +290,10 @@ def _instance_restart(
         if streak > 1
         else ""
     )
+    if instance.state == InstanceState.RUNNING:
+        # Written down before the restart, so metering (its triggers) does not
+        # count the time the instance was down as running.
+        Instance.objects.filter(id=instance.id).update(state=down)
     try:
         started = runtime.ensure_container_running(instance.node.docker_host, container_spec(service, instance))
     except runtime.EngineError as exc:

@@ -86,3 +86,24 @@ def test_a_restarted_then_deleted_service_keeps_both_runs_metered(
     # Closed when the instance row went with the service, after its container was removed.
     assert before_delete <= second.ended_at <= after_delete
     assert {first.service_name, second.service_name} == {"svc-one"}
+
+
+def test_the_time_a_killed_instance_is_down_is_not_metered(engine, docker_client, owner, pool, flavors, enqueued):
+    from services.reconcile import reconcile
+
+    service = create_service(owner, make_version(owner))
+    assert service_deploy_run(service_id=service.id) == "running"
+    (instance,) = service.instances.all()
+    docker_client.containers.get(instance.container_name).kill()
+    time.sleep(1)  # down, and nobody has noticed yet
+    killed_at = engine_time(docker_client.containers.get(instance.container_name).attrs["State"]["FinishedAt"])
+
+    report = reconcile()
+
+    assert report is not None and instance.container_name in report.repaired
+    first, second = InstanceUsage.objects.filter(instance_id=instance.id).order_by("started_at")
+    # The first run closes when the reconcile loop finds the instance down (the
+    # kill itself tells the console nothing), the second opens on the restart.
+    assert first.ended_at >= killed_at
+    assert second.ended_at is None
+    assert second.started_at > first.ended_at
