@@ -368,11 +368,16 @@ class Pool:
     ) -> Response:
         connection.received_any = False
         transport = connection.transport
-        if transport is None:
-            # The instance closed it between the pool handing it out and now:
-            # nothing was sent, so the caller may try a new connection.
+        if transport is None or transport.is_closing():
+            # The instance closed it between the pool handing it out (or the
+            # connect) and now: nothing was sent, so the caller may try a new
+            # connection, or another instance.
             raise Disconnected("the instance closed the connection before the call was sent")
-        transport.write(data)
+        try:
+            transport.write(data)
+        except RuntimeError as exc:
+            # uvloop's word for a transport closed under our feet ("the handler is closed").
+            raise Disconnected(f"the instance closed the connection before the call was sent ({exc})") from None
         while True:
             buffer = connection.buffer
             end = buffer.find(b"\r\n\r\n")

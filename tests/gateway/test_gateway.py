@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import socket
 import threading
 import time
 from collections import Counter
@@ -407,6 +408,41 @@ def test_a_call_every_instance_refuses_waits_and_goes_round_again(gateway_url, d
     assert reply.status == 200, reply.body
     assert reply.json() == {"answered": "late"}
     assert reply.seconds >= 0.25
+
+
+def test_an_instance_that_closes_each_connection_at_once_is_retried_on_another(
+    gateway_url, engine, pool, flavors, owner, demo_version
+):
+    """An instance dying under a docker-proxy accepts a connection and closes it
+    before the call is written: nothing reached a model, so the call goes to
+    another instance, never a 500."""
+    deployed = deploy(owner, demo_version, instance_count=2)
+    wait_until_routed(gateway_url, deployed)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    stop = threading.Event()
+
+    def close_at_once() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=close_at_once, daemon=True).start()
+    try:
+        Instance.objects.filter(service=deployed.service, index=1).update(host_port=listener.getsockname()[1])
+        path = f"/v1/infers/{deployed.id}"
+        replies = [
+            call(gateway_url, path, headers=token_headers(deployed.token), body=PREDICT_BODY) for _ in range(200)
+        ]
+    finally:
+        stop.set()
+        listener.close()
+    failed = Counter((reply.status, reply.body[:80]) for reply in replies if reply.status != 200)
+    assert not failed, failed
 
 
 # --- Pass-through ------------------------------------------------------------------------------
