@@ -145,19 +145,22 @@ def container_spec(service: Service, instance: Instance) -> runtime.ContainerSpe
         },
         publish_host=settings.INSTANCE_HOST,
         hardening=container_hardening(),
-        network=service_network_spec(service.id),
+        network=service_network_spec(service.id, instance.node.docker_host),
     )
 
 
-def service_network_spec(service_id: uuid.UUID | str) -> runtime.NetworkSpec:
-    """The service's own bridge network on each engine it runs on. The bridge's
-    name says the egress policy (`rtsa…` may reach the outside world, `rtsd…`
-    may not), which scripts/engine-firewall.sh enforces on each engine host."""
+def service_network_spec(service_id: uuid.UUID | str, docker_host: str = "") -> runtime.NetworkSpec:
+    """The service's own bridge network on each engine it runs on: one name on
+    every engine, and a Linux bridge named after the engine too, since two
+    engines on one host share one set of interfaces (a bridge of the same name
+    would be taken over by the second). The bridge's name says the egress
+    policy (`rtsa…` may reach the outside world, `rtsd…` may not), which
+    scripts/engine-firewall.sh enforces on each engine host."""
     name = f"rts-{settings.CONSOLE_ID}-{service_id}"
     prefix = "rtsd" if settings.CONTAINER_EGRESS == "deny" else "rtsa"
     return runtime.NetworkSpec(
         name=name,
-        bridge_name=prefix + hashlib.sha256(name.encode()).hexdigest()[:11],
+        bridge_name=prefix + hashlib.sha256(f"{name} {docker_host}".encode()).hexdigest()[:11],
         labels={
             runtime.LABEL_MANAGED: "1",
             runtime.LABEL_CONSOLE: settings.CONSOLE_ID,

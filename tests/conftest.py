@@ -12,7 +12,10 @@ from django.conf import settings
 
 from services import runtime
 from services.models import Service
+from tests.engines import owned_engines
 from tests.factories import (
+    DEMO_IMAGE_V1,
+    DEMO_IMAGE_V2,
     deploy_data,
     make_flavor,
     make_pool,
@@ -36,19 +39,25 @@ def _fresh_broker():
 
 
 def remove_test_containers() -> None:
-    """Every container and service network of this test run's console id on the local engine."""
-    for info in runtime.list_managed_containers(settings.DOCKER_HOST, settings.CONSOLE_ID):
-        runtime.remove_container(settings.DOCKER_HOST, info.name)
-    for name in runtime.list_managed_networks(settings.DOCKER_HOST, settings.CONSOLE_ID):
-        # A container removal the engine answered 409 to ("already in progress")
-        # may still hold the network for a moment.
-        eventually(
-            lambda name=name: runtime.remove_network(settings.DOCKER_HOST, name) is None,
-            timeout=10,
-            interval=0.1,
-            message=f"network {name} could not be removed",
-            ignoring=(runtime.EngineError,),
-        )
+    """Every container and service network of this test run's console id on the local
+    engine, and on the second engine (tests/engines.py) while this session owns it."""
+    docker_hosts = [settings.DOCKER_HOST]
+    for second in owned_engines():
+        second.start()  # a test may have left it stopped; nothing to do when it answers
+        docker_hosts.append(second.docker_host)
+    for docker_host in docker_hosts:
+        for info in runtime.list_managed_containers(docker_host, settings.CONSOLE_ID):
+            runtime.remove_container(docker_host, info.name)
+        for name in runtime.list_managed_networks(docker_host, settings.CONSOLE_ID):
+            # A container removal the engine answered 409 to ("already in progress")
+            # may still hold the network for a moment.
+            eventually(
+                lambda name=name, docker_host=docker_host: runtime.remove_network(docker_host, name) is None,
+                timeout=10,
+                interval=0.1,
+                message=f"network {name} could not be removed from {docker_host}",
+                ignoring=(runtime.EngineError,),
+            )
 
 
 @pytest.fixture
@@ -350,3 +359,32 @@ def enqueued(monkeypatch):
     ):
         monkeypatch.setattr(getattr(tasks, name), "delay", lambda *args, _name=name: calls.append((_name, *args)))
     return calls
+
+
+# --- A second Docker engine ---------------------------------------------------------
+# For pools with two nodes (tests/engines.py): its own socket, bridge, data root
+# and exec root. Started on first use with the demo images copied to it, stopped
+# when the session ends; remove_test_containers covers it meanwhile.
+
+
+@pytest.fixture(scope="session")
+def second_engine_daemon():
+    """The second engine (tests.engines.SecondEngine), owned by this session: tests may stop() and start() it."""
+    from tests.engines import SecondEngine
+
+    daemon = SecondEngine(log_path=ROOT / "test-artifacts" / "docker-rts2.log")
+    daemon.acquire()
+    try:
+        daemon.start()
+        daemon.reset()  # whatever an earlier session left there
+        daemon.ensure_images(settings.DOCKER_HOST, [DEMO_IMAGE_V1, DEMO_IMAGE_V2])
+        yield daemon
+    finally:
+        daemon.stop()
+        daemon.release()
+
+
+@pytest.fixture(scope="session")
+def second_engine(second_engine_daemon) -> str:
+    """The second engine's docker_host, e.g. unix:///var/run/docker-rts2.sock."""
+    return second_engine_daemon.docker_host
