@@ -408,3 +408,7 @@ def _main_bridge_restore(addresses: list[str] | None) -> None:
     for address in addresses:
         _ip("addr", "add", address, "dev", MAIN_BRIDGE)
     _ip("link", "set", MAIN_BRIDGE, "up")
+    # The main engine runs without the userland proxy: its ports published on
+    # 127.0.0.1 are NAT rules, which need the bridge to route loopback addresses
+    # (dockerd set this when it made the bridge).
+    Path(f"/proc/sys/net/ipv4/conf/{MAIN_BRIDGE}/route_localnet").write_text("1\n")
