@@ -14,7 +14,8 @@
 #   demo-images  rts-demo-model:1.0.0, :2.0.0 and :3.0.0 (for WebSocket) from examples/model-server
 #   images       base-image + demo-images (starts the engine first if needed)
 #   chromium     /usr/bin/chromium for the browser tests
-#   bench-tools  wrk and nginx for bench/gateway.py (not part of all)
+#   bench-tools  wrk, nginx and rts-fast-model:1.0.0 (nginx with a fixed answer, from
+#                examples/fast-model) for bench/gateway.py (not part of all)
 #   all          python services docker images
 #   test         all chromium   (--with-chromium adds chromium to any list)
 #   status       print what is there, change nothing
@@ -42,7 +43,12 @@ DEMO_REPO="rts-demo-model"
 DEMO_VERSIONS=(1.0.0 2.0.0 3.0.0)
 DEMO_DIR="$ROOT/examples/model-server"
 DEMO_LABEL="rts.demo.source-sha256"
+FAST_IMAGE="rts-fast-model:1.0.0"
+FAST_DIR="$ROOT/examples/fast-model"
+FAST_LABEL="rts.fast.source-sha256"
 DEFAULT_DOCKER_SOCK="/var/run/docker.sock"
+# The local engine's networks (one /24 per service) come from here.
+ENGINE_ADDRESS_POOL="10.210.0.0/16"
 
 mkdir -p "$RUN_DIR"
 
@@ -301,6 +307,10 @@ engine_firewall() {
         return
     fi
     "$ROOT/scripts/engine-firewall.sh" >/dev/null
+    # The engine's address pool stays on this machine: should a service's bridge
+    # (and with it its more specific route) go away, traffic for its addresses
+    # is refused here instead of following the default route off the machine.
+    ip route replace unreachable "$ENGINE_ADDRESS_POOL" metric 1000 2>/dev/null || true
     ok "firewall: model container rules in place"
 }
 
@@ -326,7 +336,7 @@ step_docker() {
         # Every service gets a network of its own: room for 256 of them (the
         # default pools hold about 30).
         nohup setsid dockerd --host "unix://$DEFAULT_DOCKER_SOCK" \
-            --default-address-pool base=10.210.0.0/16,size=24 \
+            --default-address-pool "base=$ENGINE_ADDRESS_POOL,size=24" \
             --live-restore --userland-proxy=false \
             </dev/null >>"$RUN_DIR/dockerd.log" 2>&1 9>&- &
         DOCKERD_PID=$!
@@ -373,43 +383,58 @@ step_base_image() {
     ok "image $BASE_IMAGE built"
 }
 
-demo_source_sha() {
+source_sha() {  # source_sha DIR
     # Hash of the build context's files (names + contents) and of the base image id,
     # so an edit of the server or a new base image triggers a rebuild.
     {
-        (cd "$DEMO_DIR" && find . -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 \
+        (cd "$1" && find . -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 \
             | LC_ALL=C sort -z | xargs -0 sha256sum)
         docker image inspect -f '{{.Id}}' "$BASE_IMAGE"
     } | sha256sum | cut -d' ' -f1
+}
+
+# build_if_outdated IMAGE DIR LABEL SHA [docker build args...]: builds IMAGE from DIR
+# unless it already carries LABEL=SHA; returns 1 (build log on stderr) when the build failed.
+build_if_outdated() {
+    local image=$1 dir=$2 label=$3 sha=$4 current
+    shift 4
+    current="$(docker image inspect -f "{{ index .Config.Labels \"$label\" }}" "$image" 2>/dev/null || true)"
+    if [ "$current" = "$sha" ]; then
+        ok "image $image up to date"
+        return 0
+    fi
+    say "docker build $image"
+    if ! DOCKER_BUILDKIT=0 docker build -q "$@" --label "$label=$sha" \
+            -t "$image" "$dir" >"$RUN_DIR/docker-build.log" 2>&1; then
+        cat "$RUN_DIR/docker-build.log" >&2
+        return 1
+    fi
+    ok "image $image built"
+    # Drop the untagged leftovers of earlier builds.
+    docker image prune -f --filter "label=$label" >/dev/null 2>&1 || true
 }
 
 step_demo_images() {
     docker_answers || step_docker
     docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 || step_base_image
     [ -f "$DEMO_DIR/Dockerfile" ] || die "missing $DEMO_DIR/Dockerfile"
-    local sha version image current rebuilt=0
-    sha="$(demo_source_sha)"
+    local sha version
+    sha="$(source_sha "$DEMO_DIR")"
     for version in "${DEMO_VERSIONS[@]}"; do
-        image="$DEMO_REPO:$version"
-        current="$(docker image inspect -f "{{ index .Config.Labels \"$DEMO_LABEL\" }}" "$image" 2>/dev/null || true)"
-        if [ "$current" = "$sha" ]; then
-            ok "image $image up to date"
-            continue
-        fi
-        say "docker build $image"
-        if ! DOCKER_BUILDKIT=0 docker build -q \
-                --build-arg "MODEL_VERSION=$version" \
-                --label "$DEMO_LABEL=$sha" \
-                -t "$image" "$DEMO_DIR" >"$RUN_DIR/docker-build.log" 2>&1; then
-            cat "$RUN_DIR/docker-build.log" >&2
-            die "docker build of $image failed"
-        fi
-        rebuilt=1
-        ok "image $image built"
+        build_if_outdated "$DEMO_REPO:$version" "$DEMO_DIR" "$DEMO_LABEL" "$sha" \
+            --build-arg "MODEL_VERSION=$version" || die "docker build of $DEMO_REPO:$version failed"
     done
-    if [ "$rebuilt" = 1 ]; then
-        # Drop the untagged leftovers of earlier builds of the demo images.
-        docker image prune -f --filter "label=$DEMO_LABEL" >/dev/null 2>&1 || true
+}
+
+step_fast_image() {
+    docker_answers || step_docker
+    docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 || step_base_image
+    [ -f "$FAST_DIR/Dockerfile" ] || die "missing $FAST_DIR/Dockerfile"
+    # Only bench/gateway.py needs it, and its build installs nginx from Debian's
+    # archive: a failed download must not stop the console or its tests.
+    if ! build_if_outdated "$FAST_IMAGE" "$FAST_DIR" "$FAST_LABEL" "$(source_sha "$FAST_DIR")"; then
+        printf 'bootstrap: warning: docker build of %s failed; only bench/gateway.py needs it\n' \
+            "$FAST_IMAGE" >&2
     fi
 }
 
@@ -438,6 +463,7 @@ step_bench_tools() {
         apt_install "${missing[@]}"
     fi
     ok "bench tools: wrk and nginx present"
+    step_fast_image
 }
 
 # ---- status --------------------------------------------------------------------
