@@ -293,8 +293,21 @@ docker_answers_or_dockerd_died() {
     [ -n "$DOCKERD_PID" ] && ! kill -0 "$DOCKERD_PID" 2>/dev/null && ! dockerd_alive
 }
 
-# A dockerd that was killed stays listed until it is reaped: only a live one counts.
-dockerd_alive() { pgrep -x -r R,S,D dockerd >/dev/null 2>&1; }
+# The local engine's dockerd is running. A killed one stays listed until it is
+# reaped: only a live one counts. Another engine on this machine (the tests'
+# second one) has a socket of its own and does not count.
+dockerd_alive() {
+    local pid args
+    for pid in $(pgrep -x -r R,S,D dockerd 2>/dev/null); do
+        args="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || continue
+        case "$args" in
+            *"unix://$DEFAULT_DOCKER_SOCK"*) return 0 ;;
+            *--host*|*" -H "*) ;;
+            *) return 0 ;;
+        esac
+    done
+    return 1
+}
 
 # The model containers' firewall on the local engine's host (see the script).
 engine_firewall() {

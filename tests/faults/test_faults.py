@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
@@ -124,8 +125,18 @@ def test_a_killed_model_container_is_back_and_no_call_fails(live_stack: Stack, t
 
 
 def dockerd_pids() -> list[int]:
+    """The live dockerd of the local engine (not the tests' second engine, which has a socket of its own)."""
     found = subprocess.run(["pgrep", "-x", "-r", "R,S,D", "dockerd"], capture_output=True, text=True).stdout
-    return [int(pid) for pid in found.split()]
+    socket = settings.DOCKER_HOST.removeprefix("unix://")
+    pids = []
+    for pid in found.split():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if socket in argv:
+            pids.append(int(pid))
+    return pids
 
 
 def test_an_engine_restart_fails_no_call_and_keeps_every_container(live_stack, tenant, docker_client, fault_table):
