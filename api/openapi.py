@@ -322,7 +322,7 @@ def _schemas() -> dict[str, Any]:
                 "requested_by": {"type": ["string", "null"]},
                 "create_at": timestamp,
                 "finish_at": {**timestamp, "type": ["integer", "null"]},
-                "outcome": {"type": "string", "enum": ["in_progress", "succeeded", "rolled_back", "abandoned"]},
+                "outcome": {"type": "string", "enum": ["in_progress", "succeeded", "rolled_back"]},
                 "reason": {"type": "string", "description": "Why it was rolled back."},
                 "before": _ref("ServiceSide"),
                 "after": _ref("ServiceSide"),

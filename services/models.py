@@ -322,8 +322,6 @@ class ServiceUpdate(models.Model):
         IN_PROGRESS = "in_progress", "In progress"
         SUCCEEDED = "succeeded", "Succeeded"
         ROLLED_BACK = "rolled_back", "Rolled back"
-        # The service was deleted while its update ran.
-        ABANDONED = "abandoned", "Abandoned"
 
     service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="updates")
     requested_by = models.ForeignKey(
