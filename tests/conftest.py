@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 from django.conf import settings
+from django.core.management.base import CommandError
+from django.test import TransactionTestCase
 
 from services import runtime
 from services.models import Service
@@ -24,6 +26,27 @@ from tests.factories import (
     make_version,
 )
 from tests.waiting import eventually
+
+
+def _flush_retrying_a_deadlock(flush):
+    """The flush after a transactional test TRUNCATEs every table, while the
+    session's gateway (a real, separate process) may be writing its once-a-second
+    call statistics: PostgreSQL then breaks the deadlock by failing one of them.
+    When it picks the flush, the flush is tried again; the gateway retries its own."""
+
+    def retrying(self):
+        for attempt in range(5):
+            try:
+                return flush(self)
+            except CommandError as exc:
+                if attempt == 4 or "deadlock detected" not in str(exc.__cause__):
+                    raise
+                time.sleep(0.2)
+
+    return retrying
+
+
+TransactionTestCase._fixture_teardown = _flush_retrying_a_deadlock(TransactionTestCase._fixture_teardown)
 
 ROOT = Path(__file__).resolve().parent.parent
 
