@@ -169,11 +169,7 @@ def deploy_form_context(
     data.setdefault("second_pool", "")
     selected_pool = next((pool for pool in pools if str(pool.id) == str(data["pool"])), None)
     flavor_options = flavor_options_for_pool(selected_pool)
-    form_errors, row_errors = _split_errors(errors, len(data["configs"]))
-    rows = [
-        _version_row(n, _row_prefix(n), config, row_errors[n], flavor_options)
-        for n, config in enumerate(data["configs"])
-    ]
+    form_errors, rows = _version_rows(data["configs"], errors, flavor_options)
     return {
         "data": data,
         "errors": form_errors,
@@ -255,11 +251,7 @@ def update_form_context(service: Service, data: dict[str, Any] | None, errors: d
         ],
     }
     flavor_options = flavor_options_for_pool(service.pool)
-    form_errors, row_errors = _split_errors(errors, len(data["configs"]))
-    rows = [
-        _version_row(n, _row_prefix(n), config, row_errors[n], flavor_options)
-        for n, config in enumerate(data["configs"])
-    ]
+    form_errors, rows = _version_rows(data["configs"], errors, flavor_options)
     return {
         "update_data": data,
         "update_errors": form_errors,
@@ -272,6 +264,15 @@ def update_form_context(service: Service, data: dict[str, Any] | None, errors: d
         "max_instances": settings.MAX_INSTANCES_PER_VERSION,
         "max_rows": settings.MAX_CONFIGS_PER_SERVICE,
     }
+
+
+def _version_rows(
+    configs: list[dict[str, Any]], errors: dict[str, list[str]], flavor_options: list[FlavorOption]
+) -> tuple[dict[str, list[str]], list[dict[str, Any]]]:
+    """The form's own errors, and one row per version configuration with its errors."""
+    form_errors, row_errors = _split_errors(errors, len(configs))
+    rows = [_version_row(n, _row_prefix(n), config, row_errors[n], flavor_options) for n, config in enumerate(configs)]
+    return form_errors, rows
 
 
 def _row_error_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
