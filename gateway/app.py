@@ -7,13 +7,13 @@ import contextvars
 import ctypes
 import datetime as dt
 import ipaddress
+import itertools
 import json
 import logging
 import os
 import re
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
@@ -58,6 +58,10 @@ NOT_FORWARDED = HOP_BY_HOP | CREDENTIAL_HEADERS | GATEWAY_SET | CLIENT_CLAIMS | 
 # A caller's own X-Request-Id is kept when it looks like an id; otherwise the gateway makes one.
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+# The ids the gateway makes: 32 hex digits, random per process, then a count
+# (a fresh uuid4 per call cost a urandom call each time).
+REQUEST_ID_PREFIX = os.urandom(10).hex()
+REQUEST_ID_COUNTER = itertools.count()
 INFER_ROUTE = "infer"
 # The service a call was authorized for (the only service id a metric is labelled with).
 AUTHORIZED_SERVICE = "rts.authorized_service"
@@ -87,6 +91,7 @@ SUSPECTS = web.AppKey("suspects", dict[Upstream, float])
 WS_SESSION = web.AppKey("ws_session", aiohttp.ClientSession)
 LIMITER = web.AppKey("limiter", TrafficLimiter)
 COLLECTOR = web.AppKey("collector", Collector)
+TALLY = web.AppKey("tally", metrics.CallTally)
 # Set by the WebSocket handshake itself, never copied from the caller's.
 WEBSOCKET_OWN_HEADERS = frozenset(
     {"host", "sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol", "sec-websocket-extensions"}
@@ -128,7 +133,7 @@ async def hygiene(
     total size, and JSON for the errors aiohttp itself raises (404, 405, …)."""
     request_id = request.headers.get("X-Request-Id", "")
     if not REQUEST_ID_RE.fullmatch(request_id):
-        request_id = uuid.uuid4().hex
+        request_id = f"{REQUEST_ID_PREFIX}{next(REQUEST_ID_COUNTER):012x}"
     REQUEST_ID.set(request_id)
     if request.version not in (HttpVersion10, HttpVersion11):
         _answer_in_http11(request)
@@ -143,10 +148,9 @@ async def hygiene(
         code = ERROR_CODES_BY_STATUS.get(exc.status, ErrorCode.BAD_REQUEST)
         response = error(exc.status, code, exc.reason)
     if (request.match_info.route.name or "").startswith(INFER_ROUTE):
-        metrics.CALLS.labels(
-            request.get(AUTHORIZED_SERVICE, metrics.UNKNOWN_SERVICE), metrics.status_class(response.status)
-        ).inc()
-        metrics.CALL_SECONDS.observe(time.perf_counter() - started)
+        request.app[TALLY].count(
+            request.get(AUTHORIZED_SERVICE, metrics.UNKNOWN_SERVICE), response.status, time.perf_counter() - started
+        )
     return response
 
 
@@ -330,7 +334,7 @@ def _collection_start(request: web.Request, service: ServiceRoute, body: bytes, 
 def _collection_done(
     app: web.Application,
     collected: CollectedCall,
-    config_id: int,
+    version: VersionRoute,
     status: int,
     started: float,
     response_headers: Iterable[tuple[str, str]] = (),
@@ -339,7 +343,13 @@ def _collection_done(
     Never raises: collection must not fail a call."""
     try:
         latency_ms = (time.perf_counter() - started) * 1000
-        collected.finish(config_id=config_id, status=status, latency_ms=latency_ms, response_headers=response_headers)
+        collected.finish(
+            config_id=version.config_id,
+            version_label=version.label,
+            status=status,
+            latency_ms=latency_ms,
+            response_headers=response_headers,
+        )
         if not app[COLLECTOR].add(collected):
             metrics.COLLECTION_DROPPED.inc()
     except Exception:  # a bug here must cost a record, not the call
@@ -438,15 +448,15 @@ async def _proxy(
             metrics.UPSTREAM_ERRORS.labels("bad_response").inc()
             stats.record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
             if collected is not None:
-                _collection_done(app, collected, version.config_id, 502, started)
+                _collection_done(app, collected, version, 502, started)
             return error(502, ErrorCode.BAD_UPSTREAM_ANSWER, f"The instance did not answer in HTTP: {exc}")
         except TimeoutError:
             metrics.UPSTREAM_ERRORS.labels("timeout").inc()
             stats.record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
             if collected is not None:
-                _collection_done(app, collected, version.config_id, 504, started)
+                _collection_done(app, collected, version, 504, started)
             return error(504, ErrorCode.UPSTREAM_TIMEOUT, f"The model did not answer within {timeout:g} s.")
-        return await _relay(request, answer, stats, service_id, version.config_id, started, collected)
+        return await _relay(request, answer, stats, service_id, version, started, collected)
 
     # A call that reached no model is still a failed call of the service.
     counted = service.counted_version
@@ -537,7 +547,7 @@ async def _relay(
     answer: upstream_client.Response,
     stats: CallStats,
     service_id: str,
-    config_id: int,
+    version: VersionRoute,
     started: float,
     collected: CollectedCall | None = None,
 ) -> web.StreamResponse:
@@ -586,9 +596,9 @@ async def _relay(
         raise
     finally:
         answer.release()
-        stats.record(service_id, config_id, (time.perf_counter() - started) * 1000, is_failed)
+        stats.record(service_id, version.config_id, (time.perf_counter() - started) * 1000, is_failed)
         if collected is not None:
-            _collection_done(request.app, collected, config_id, sent_status, started, answer.headers)
+            _collection_done(request.app, collected, version, sent_status, started, answer.headers)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -616,6 +626,7 @@ async def metrics_view(request: web.Request) -> web.Response:
     if not _is_local_caller(request):
         return error(404, ErrorCode.NOT_FOUND, "Not found.")
     _table_metrics_set(request.app)
+    request.app[TALLY].flush()
     body, content_type = metrics.exposition()
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
@@ -657,6 +668,7 @@ async def _flush_loop(app: web.Application) -> None:
         await _flush_once(app, conn_holder)
         _forget_stale(app)
         _table_metrics_set(app)
+        app[TALLY].flush()
 
 
 async def _flush_once(app: web.Application, conn_holder: dict[str, psycopg.AsyncConnection[Any] | None]) -> None:
@@ -692,8 +704,8 @@ async def _flush_collected(
 ) -> None:
     """Store collected calls after the counts, in statements of their own (a
     failure here never sends the counts twice), COLLECTED_FLUSH_CHUNK at a time:
-    encoding a statement's parameters holds the event loop (about 7 µs a
-    record), so a chunk holds it 1–2 ms, never a busy second's records at once."""
+    encoding records holds the event loop (a few µs each), so a chunk holds it
+    about a millisecond, never a busy second's records at once."""
     for start in range(0, len(records), COLLECTED_FLUSH_CHUNK):
         chunk = records[start : start + COLLECTED_FLUSH_CHUNK]
         try:
@@ -729,6 +741,7 @@ async def _start_background(app: web.Application) -> AsyncIterator[None]:
     refresh.cancel()
     flush.cancel()
     await _flush_once(app, {"conn": None})
+    app[TALLY].flush()
     app[POOL].close()
     await app[WS_SESSION].close()
     await app[LIMITER].close()
@@ -746,6 +759,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app[KEEPER] = TableKeeper(config, conninfo(config.database), app[TABLE])
     app[STATS] = CallStats()
     app[COLLECTOR] = Collector(CollectionConfig.from_env())
+    app[TALLY] = metrics.CallTally()
     app[SUSPECTS] = {}
     app.router.add_route("*", "/v1/infers/{service_id}", infer, name=INFER_ROUTE)
     app.router.add_route("*", "/v1/infers/{service_id}/{rest:.*}", infer, name=INFER_ROUTE + "_path")

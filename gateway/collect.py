@@ -10,7 +10,9 @@ No Django here: the console's settings read the same CollectionConfig.
 
 from __future__ import annotations
 
+import datetime as dt
 import random
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -69,6 +71,7 @@ class CollectedCall:
         "response_kept",
         "response_size",
         "config_id",
+        "version_label",
         "status",
         "latency_ms",
         "response_content_type",
@@ -102,6 +105,7 @@ class CollectedCall:
         self.response_kept = 0
         self.response_size = 0
         self.config_id = 0
+        self.version_label = ""
         self.status = 0
         self.latency_ms = 0.0
         self.response_content_type = ""
@@ -116,9 +120,16 @@ class CollectedCall:
             self.response_kept += len(part)
 
     def finish(
-        self, *, config_id: int, status: int, latency_ms: float, response_headers: Iterable[tuple[str, str]]
+        self,
+        *,
+        config_id: int,
+        version_label: str,
+        status: int,
+        latency_ms: float,
+        response_headers: Iterable[tuple[str, str]],
     ) -> None:
         self.config_id = config_id
+        self.version_label = version_label
         self.status = status
         # A float always: a column's values are sent as one typed array.
         self.latency_ms = float(latency_ms)
@@ -135,11 +146,13 @@ class CollectedCall:
         return RECORD_OVERHEAD_BYTES + len(self.request_body or b"") + self.response_kept
 
     def row(self) -> tuple[object, ...]:
-        """The finished record as gateway/store.py insert_collected_records takes it."""
+        """The finished record as gateway/store.py insert_collected_records takes it
+        (its COLLECTED_COLUMNS, in order)."""
         return (
-            self.service_id,
+            uuid.UUID(self.service_id),
             self.config_id,
-            self.created_at,
+            self.version_label,
+            dt.datetime.fromtimestamp(self.created_at, dt.UTC),
             self.request_id,
             self.method,
             self.status,

@@ -45,6 +45,8 @@ class VersionRoute:
     predict_path: str
     upstreams: list[Upstream] = field(default_factory=list)
     cursor: RoundRobin = field(default_factory=RoundRobin)
+    # The AI application version's label ("1.0.0"), kept by collected calls' records.
+    label: str = ""
 
     @property
     def next_index(self) -> int:
@@ -286,7 +288,11 @@ def services_from_rows(
         if version is None:
             old = previous.get(service_id) if previous is not None else None
             version = by_config[config_id] = VersionRoute(
-                config_id, weight, predict_path, cursor=_cursor_of(old, config_id)
+                config_id,
+                weight,
+                predict_path,
+                cursor=_cursor_of(old, config_id),
+                label=(more[5] or "") if len(more) > 5 else "",
             )
             service.versions.append(version)
         if host_port is not None:

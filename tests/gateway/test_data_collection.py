@@ -8,6 +8,7 @@ cap while streaming, the bounded queue and its drops."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import random
 import urllib.request
@@ -23,7 +24,7 @@ from django.urls import reverse
 
 from access.actions import access_token_create
 from gateway import app as gateway_app
-from gateway import metrics
+from gateway import metrics, store
 from gateway.collect import CollectedCall, CollectionConfig, Collector
 from gateway.routing import services_from_rows
 from gateway.store import SERVICES_BY_ID_SQL
@@ -274,13 +275,22 @@ def test_a_streamed_answer_keeps_only_its_first_bytes_up_to_the_cap():
         record.response_part(chunk)
     # Never more than the cap held, as the answer passes.
     assert sum(map(len, record.response_parts)) == 10
-    record.finish(config_id=7, status=200, latency_ms=1.5, response_headers=[("Content-Type", "text/plain")])
+    record.finish(
+        config_id=7,
+        version_label="2.0.1",
+        status=200,
+        latency_ms=1.5,
+        response_headers=[("Content-Type", "text/plain")],
+    )
 
     assert record.response_kept == 10 and record.response_parts == []
     row = record.row()
-    (service_id, config_id, _, request_id, method, status, latency, request_body, request_size, request_type,
-     request_cut, response_body, response_size, response_type, response_cut) = row  # fmt: skip
-    assert (service_id, config_id, request_id, method, status, latency) == (SVC, 7, "rid-12345678", "POST", 200, 1.5)
+    assert len(row) == len(store.COLLECTED_COLUMNS)
+    (service_id, config_id, label, created_at, request_id, method, status, latency, request_body, request_size,
+     request_type, request_cut, response_body, response_size, response_type, response_cut) = row  # fmt: skip
+    assert (service_id, config_id, label) == (uuid.UUID(SVC), 7, "2.0.1")
+    assert created_at == dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=dt.UTC)
+    assert (request_id, method, status, latency) == ("rid-12345678", "POST", 200, 1.5)
     assert (request_body, request_size, request_cut) == (b"0123456789", 16, True)
     assert request_type == "application/json"  # no NUL reaches PostgreSQL
     assert (response_body, response_size, response_cut, response_type) == (b"abcdefghij", 1016, True, "text/plain")
@@ -292,10 +302,10 @@ def test_a_body_under_the_cap_is_kept_without_a_copy_and_what_is_not_kept_is_nul
     assert kept.request_body is body
     record = call(10, body=body, keeps_request=False, keeps_response=False)
     record.response_part(b"answer")
-    record.finish(config_id=1, status=500, latency_ms=0.1, response_headers=[])
+    record.finish(config_id=1, version_label="1.0.0", status=500, latency_ms=0.1, response_headers=[])
     row = record.row()
-    assert (row[7], row[8], row[10]) == (None, 10, False)
-    assert (row[11], row[12], row[14]) == (None, 6, False)
+    assert (row[8], row[9], row[11]) == (None, 10, False)
+    assert (row[12], row[13], row[15]) == (None, 6, False)
     assert record.response_parts == []
 
 
@@ -308,7 +318,7 @@ def test_sampling_keeps_the_rules_share():
 
 def finished(cap: int = 100, size: int = 100) -> CollectedCall:
     record = call(cap, body=b"r" * size)
-    record.finish(config_id=1, status=200, latency_ms=1.0, response_headers=[])
+    record.finish(config_id=1, version_label="1.0.0", status=200, latency_ms=1.0, response_headers=[])
     return record
 
 
@@ -320,7 +330,7 @@ def test_the_queue_drops_records_beyond_its_bounds_rather_than_grow():
     assert len(by_bytes.take()) == 2 and len(by_bytes) == 0
 
 
-def test_a_failed_flush_puts_records_back_within_the_bounds_and_counts_the_rest():
+def test_a_failed_flush_puts_records_back_within_the_bounds_and_counts_the_rest(monkeypatch):
     collector = Collector(CollectionConfig(body_max_bytes=100, queue_max_records=3, queue_max_bytes=10**9))
     app = web.Application()
     app[gateway_app.COLLECTOR] = collector
@@ -329,22 +339,22 @@ def test_a_failed_flush_puts_records_back_within_the_bounds_and_counts_the_rest(
     collector.add(finished())
     before = metrics.COLLECTION_DROPPED._value.get()
 
-    class DatabaseDown:
-        async def execute(self, *args):
-            raise psycopg.OperationalError("the database went away")
+    async def database_down(conn, rows):
+        raise psycopg.OperationalError("the database went away")
 
-    class BadRows:
-        async def execute(self, *args):
-            raise psycopg.DataError("bad value")
+    async def bad_rows(conn, rows):
+        raise psycopg.DataError("bad value")
 
     holder = {"conn": None}
-    asyncio.run(gateway_app._flush_collected(app, DatabaseDown(), taken, holder))
+    monkeypatch.setattr(store, "insert_collected_records", database_down)
+    asyncio.run(gateway_app._flush_collected(app, None, taken, holder))
     # The two taken go back first; of the two queued since, one fits.
     assert len(collector) == 3
     assert metrics.COLLECTION_DROPPED._value.get() == before + 1
 
     rows = collector.take()
-    asyncio.run(gateway_app._flush_collected(app, BadRows(), rows, holder))
+    monkeypatch.setattr(store, "insert_collected_records", bad_rows)
+    asyncio.run(gateway_app._flush_collected(app, None, rows, holder))
     # Rows the database refuses are not tried again.
     assert len(collector) == 0
     assert metrics.COLLECTION_DROPPED._value.get() == before + 4
@@ -358,13 +368,13 @@ def test_the_flush_stores_in_chunks_and_puts_back_only_what_was_not_stored(monke
     records = [finished() for _ in range(5)]
     statements: list[int] = []
 
-    class FailsSecond:
-        async def execute(self, sql, columns):
-            if statements:
-                raise psycopg.OperationalError("the database went away")
-            statements.append(len(columns[0]))
+    async def fails_second(conn, rows):
+        if statements:
+            raise psycopg.OperationalError("the database went away")
+        statements.append(len(rows))
 
-    asyncio.run(gateway_app._flush_collected(app, FailsSecond(), records, {"conn": None}))
+    monkeypatch.setattr(store, "insert_collected_records", fails_second)
+    asyncio.run(gateway_app._flush_collected(app, None, records, {"conn": None}))
 
     assert statements == [2]
     assert collector.take() == records[2:]

@@ -6,6 +6,7 @@ side is in tests/gateway/test_data_collection.py."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import html
 import json
@@ -18,6 +19,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from gateway import store
+from gateway.app import conninfo
+from gateway.config import DatabaseConfig
 from services.collection import collected_records_purge
 from services.models import DataCollectionRecord, DataCollectionRule, Service, ServiceEvent
 from services.selectors import body_for_json, body_preview
@@ -406,6 +409,51 @@ def test_the_purge_keeps_each_rules_days_and_records(owner, pool, flavors, demo_
     assert not DataCollectionRecord.objects.filter(id__in=[r.id for r in [*old, ancient]]).exists()
     # Safe to repeat: nothing more goes.
     assert collected_records_purge(now=now) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_gateways_copy_stores_records_and_the_purge_takes_those_of_a_deleted_service(
+    owner, pool, flavors, demo_version
+):
+    """The gateway stores records by COPY with no foreign key check: one flushed
+    just after its service was deleted stays until the purge removes it."""
+    kept, deleted = (make_service(owner, pool, version=demo_version, name=name) for name in ("kept", "deleted"))
+    config = kept.configs.get()
+    deleted_id = deleted.id
+    Service.objects.filter(id=deleted_id).delete()
+
+    def row(service_id, body: bytes) -> tuple:
+        return (service_id, config.id, "1.0.0", timezone.now(), "rid-12345678", "POST", 200, 2.5,
+                body, len(body), "application/json", False, None, 7, "text/plain", False)  # fmt: skip
+
+    async def copy_in() -> None:
+        conn = await store.connect(_test_database_conninfo())
+        try:
+            await store.insert_collected_records(conn, [row(kept.id, b'{"a": 1}'), row(deleted_id, b"{}")])
+        finally:
+            await conn.close()
+
+    asyncio.run(copy_in())
+
+    stored = DataCollectionRecord.objects.get(service=kept)
+    assert (stored.config_id, stored.version, bytes(stored.request_body), stored.response_body) == (
+        config.id, "1.0.0", b'{"a": 1}', None
+    )  # fmt: skip
+    assert DataCollectionRecord.objects.filter(service_id=deleted_id).count() == 1
+
+    assert collected_records_purge() == 1
+    assert not DataCollectionRecord.objects.filter(service_id=deleted_id).exists()
+    assert DataCollectionRecord.objects.filter(service=kept).count() == 1
+
+
+def _test_database_conninfo() -> str:
+    """The test database, as the gateway would connect to it."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    return conninfo(
+        DatabaseConfig(name=db["NAME"], user=db["USER"], password=db["PASSWORD"], host=db["HOST"], port=int(db["PORT"]))
+    )
 
 
 def test_the_purge_runs_every_minute_on_the_reconcile_queue():
