@@ -8,16 +8,20 @@ and the delete sees it and refuses, or it waits for the delete and fails.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError, Q
 from django.utils import timezone
+from django.utils.text import slugify
 
-from pools.models import Node, ResourcePool
+from pools.models import Node, PoolKind, ResourcePool
 from pools.quotas import limits_problems, owner_lock
 from pools.selectors import node_capacity_list
 from pools.validation import NodeChange, NodeRequest, PoolRequest
 from services import runtime
 from services.models import Service
+from services.runtime import swarm
 from services.validation import RequestInvalid
 
 # A refusal names at most this many services, then says how many more.
@@ -43,9 +47,14 @@ def _name_taken(name: str) -> RequestInvalid:
 
 
 def pool_create(*, request: PoolRequest) -> ResourcePool:
-    """Store a new pool (no nodes yet). Not repeatable: the name is unique."""
+    """Store a new pool: a pool of engines with no nodes yet, or a Swarm pool
+    with the nodes its manager lists. Nothing is stored when the manager does
+    not answer as one. Not repeatable: the name is unique."""
     if ResourcePool.objects.filter(name=request.name).exists():
         raise _name_taken(request.name)
+    swarm_nodes: list[swarm.SwarmNode] = []
+    if request.kind == PoolKind.SWARM:
+        swarm_nodes = _swarm_nodes_of_new_pool(request.manager_url)
     try:
         with transaction.atomic():
             pool = ResourcePool.objects.create(
@@ -56,8 +65,12 @@ def pool_create(*, request: PoolRequest) -> ResourcePool:
                 cpu_overcommit=request.cpu_overcommit,
                 memory_overcommit=request.memory_overcommit,
                 offers_every_flavor=request.offers_every_flavor,
+                kind=request.kind,
+                manager_url=request.manager_url,
             )
             pool.flavors.set(request.flavors)
+            if swarm_nodes:
+                swarm_nodes_record(pool=pool, nodes=swarm_nodes, now=timezone.now())
     except IntegrityError:
         # Another operator created the same name a moment ago.
         raise _name_taken(request.name) from None
@@ -140,6 +153,80 @@ def pool_delete(*, pool: ResourcePool) -> None:
             raise ActionRefused(f"Pool {locked.name} just got a service; reload the page to see it.") from None
 
 
+def _swarm_nodes_of_new_pool(manager_url: str) -> list[swarm.SwarmNode]:
+    """The nodes of the swarm a new pool is to manage, or RequestInvalid."""
+    if (pool := ResourcePool.objects.filter(manager_url=manager_url).first()) is not None:
+        raise RequestInvalid(
+            {"manager_url": [f"This swarm is pool {pool.name} already; a swarm can be one pool only."]}
+        )
+    if (node := Node.objects.filter(docker_host=manager_url).select_related("pool").first()) is not None:
+        # Its engine would offer its CPU and memory twice.
+        raise RequestInvalid(
+            {
+                "manager_url": [
+                    f"This engine is node {node.name} of pool {node.pool.name}; an engine can be in one pool only."
+                ]
+            }
+        )
+    try:
+        nodes = swarm.swarm_nodes(manager_url)
+    except runtime.EngineError as exc:
+        raise RequestInvalid(
+            {
+                "manager_url": [
+                    f"{exc}. Nothing was saved: check the URL and that it is a manager of a swarm, then try again."
+                ]
+            }
+        ) from None
+    if not nodes:
+        raise RequestInvalid({"manager_url": ["The swarm lists no node. Nothing was saved."]})
+    return nodes
+
+
+def swarm_nodes_record(*, pool: ResourcePool, nodes: list[swarm.SwarmNode], now: datetime) -> None:
+    """Make the pool's Node rows say what its swarm's manager listed: CPUs,
+    memory, address, availability, and whether each node is ready. A node that
+    left the swarm stays, unreachable, until an operator removes it (its
+    instances' rows may point at it). Safe to repeat."""
+    with transaction.atomic():
+        known = {node.swarm_node_id: node for node in Node.objects.select_for_update().filter(pool=pool)}
+        for listed in nodes:
+            fields = {
+                "docker_host": pool.manager_url,
+                "cpu_count": listed.cpu_count,
+                "memory_mib": listed.memory_mib,
+                "address": listed.address[:100],
+                "availability": listed.availability[:16],
+                "is_reachable": listed.state == "ready",
+                "last_error": "" if listed.state == "ready" else f"the swarm says the node is {listed.state}",
+                "checked_at": now,
+            }
+            row = known.pop(listed.node_id, None)
+            if row is not None:
+                Node.objects.filter(id=row.id).update(**fields)
+            else:
+                Node.objects.create(
+                    pool=pool, name=_swarm_node_name(pool, listed), swarm_node_id=listed.node_id, **fields
+                )
+        for gone in known.values():
+            Node.objects.filter(id=gone.id).update(
+                is_reachable=False, last_error="the node is no longer in the swarm", checked_at=now
+            )
+
+
+def swarm_pool_unreachable(*, pool: ResourcePool, reason: str, now: datetime) -> None:
+    """The manager did not answer: the pool's nodes are not offered until it does."""
+    Node.objects.filter(pool=pool).update(is_reachable=False, last_error=reason[:300], checked_at=now)
+
+
+def _swarm_node_name(pool: ResourcePool, listed: swarm.SwarmNode) -> str:
+    """`<pool>-<hostname>`, with the swarm's node ID added when that is taken."""
+    base = slugify(f"{pool.name}-{listed.hostname}")[:64] or f"{pool.name}-node"
+    if not Node.objects.filter(name=base).exists():
+        return base
+    return f"{base[: 64 - 13]}-{listed.node_id[:12].lower()}"
+
+
 # --- Nodes -----------------------------------------------------------------------------
 
 
@@ -147,6 +234,8 @@ def node_add(*, pool: ResourcePool, request: NodeRequest) -> Node:
     """Read the engine's CPU and memory, then store the node, enabled and
     reachable. Nothing is stored when the engine does not answer. Not
     repeatable: node names, and engines, are unique."""
+    if pool.is_swarm:
+        raise ActionRefused(f"Pool {pool.name} is a Swarm pool: its nodes are the swarm's, read from its manager.")
     errors: dict[str, list[str]] = {}
     if (named := Node.objects.filter(name=request.name).select_related("pool").first()) is not None:
         errors["name"] = [

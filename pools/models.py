@@ -28,6 +28,13 @@ def _overcommit_field(label: str, resource: str) -> models.DecimalField:
     )
 
 
+class PoolKind(models.TextChoices):
+    # Standalone engines, added one by one; the console places and restarts containers.
+    ENGINES = "engines", "Docker engines"
+    # One swarm, by its manager's URL; its nodes are read from the swarm.
+    SWARM = "swarm", "Docker Swarm"
+
+
 class ResourcePool(models.Model):
     """A group of Docker engines (nodes) that services are placed on.
 
@@ -35,6 +42,10 @@ class ResourcePool(models.Model):
     """
 
     name = models.SlugField(max_length=64, unique=True)
+    kind = models.CharField(max_length=16, choices=PoolKind.choices, default=PoolKind.ENGINES, editable=False)
+    manager_url = models.CharField(
+        max_length=200, blank=True, editable=False, help_text="A Swarm pool's manager, as a Docker API URL."
+    )
     description = models.CharField(max_length=200, blank=True)
     is_public = models.BooleanField(default=True)
     owner = models.ForeignKey(
@@ -72,6 +83,12 @@ class ResourcePool(models.Model):
                 name="pool_cpu_overcommit_range",
             ),
             models.CheckConstraint(
+                condition=models.Q(kind=PoolKind.ENGINES, manager_url="")
+                | (models.Q(kind=PoolKind.SWARM) & ~models.Q(manager_url="")),
+                name="pool_manager_url_of_swarm_only",
+                violation_error_message="A Swarm pool has a manager URL; a pool of Docker engines has none.",
+            ),
+            models.CheckConstraint(
                 condition=models.Q(memory_overcommit__gte=OVERCOMMIT_MIN, memory_overcommit__lte=OVERCOMMIT_MAX),
                 name="pool_memory_overcommit_range",
             ),
@@ -80,9 +97,14 @@ class ResourcePool(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def is_swarm(self) -> bool:
+        return self.kind == PoolKind.SWARM
+
 
 class Node(models.Model):
-    """One Docker engine. Its capacity is read from the engine by the reconcile loop."""
+    """One Docker engine. Its capacity is read from the engine by the reconcile
+    loop; a Swarm pool's nodes, from its manager (docker_host is the manager's URL)."""
 
     pool = models.ForeignKey(ResourcePool, on_delete=models.PROTECT, related_name="nodes")
     name = models.SlugField(max_length=64, unique=True)
@@ -94,9 +116,26 @@ class Node(models.Model):
     is_reachable = models.BooleanField(default=False, editable=False)
     last_error = models.CharField(max_length=300, blank=True, editable=False)
     checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # A Swarm node: its ID in the swarm, where its published ports answer
+    # (its advertise address) and its availability (active, pause, drain).
+    swarm_node_id = models.CharField(max_length=64, blank=True, editable=False)
+    address = models.CharField(max_length=100, blank=True, editable=False)
+    availability = models.CharField(max_length=16, blank=True, editable=False)
 
     class Meta:
         ordering = ["pool__name", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["pool", "swarm_node_id"],
+                condition=~models.Q(swarm_node_id=""),
+                name="node_swarm_id_unique_in_pool",
+            ),
+        ]
+
+    @property
+    def is_offered(self) -> bool:
+        """Whether new instances may land here: enabled, answering, and (on Swarm) active."""
+        return self.is_enabled and self.is_reachable and self.availability in ("", "active")
 
     def __str__(self) -> str:
         return self.name

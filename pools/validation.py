@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from django.contrib.auth import get_user_model
 from django.http import QueryDict
 
-from pools.models import OVERCOMMIT_MAX, OVERCOMMIT_MIN, Flavor, ResourcePool, overcommit_rule
+from pools.models import OVERCOMMIT_MAX, OVERCOMMIT_MIN, Flavor, PoolKind, ResourcePool, overcommit_rule
 from services.validation import RequestInvalid
 
 if TYPE_CHECKING:
@@ -45,6 +45,9 @@ class PoolRequest:
     memory_overcommit: Decimal
     offers_every_flavor: bool
     flavors: list[Flavor]
+    # Chosen when the pool is created; an edit keeps what the pool is.
+    kind: str = PoolKind.ENGINES
+    manager_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ def pool_data_from_post(post: QueryDict) -> dict[str, Any]:
         "memory_overcommit": post.get("memory_overcommit", "").strip(),
         "flavor_choice": post.get("flavor_choice", ""),
         "flavors": post.getlist("flavors"),
+        "kind": post.get("kind", ""),
+        "manager_url": post.get("manager_url", "").strip(),
     }
 
 
@@ -88,6 +93,8 @@ def pool_data_of(pool: ResourcePool | None) -> dict[str, Any]:
             "memory_overcommit": f"{OVERCOMMIT_MIN}",
             "flavor_choice": "every",
             "flavors": [],
+            "kind": PoolKind.ENGINES,
+            "manager_url": "",
         }
     return {
         "name": pool.name,
@@ -98,6 +105,8 @@ def pool_data_of(pool: ResourcePool | None) -> dict[str, Any]:
         "memory_overcommit": ratio_text(pool.memory_overcommit),
         "flavor_choice": "every" if pool.offers_every_flavor else "chosen",
         "flavors": [str(flavor_id) for flavor_id in pool.flavors.values_list("id", flat=True)],
+        "kind": pool.kind,
+        "manager_url": pool.manager_url,
     }
 
 
@@ -131,9 +140,22 @@ def _overcommit(raw: str, label: str, errors: dict[str, list[str]], field: str) 
     return ratio
 
 
-def pool_request_parse(data: Mapping[str, Any]) -> PoolRequest:
-    """A PoolRequest from the form's values, or RequestInvalid with a message per field."""
+def pool_request_parse(data: Mapping[str, Any], *, pool: ResourcePool | None = None) -> PoolRequest:
+    """A PoolRequest from the form's values, or RequestInvalid with a message per
+    field. A new pool's kind and manager URL are read too; an existing `pool`
+    keeps its own."""
     errors: dict[str, list[str]] = {}
+    if pool is not None:
+        kind, manager_url = pool.kind, pool.manager_url
+    else:
+        kind, manager_url = str(data.get("kind", "")), str(data.get("manager_url", ""))
+        if kind not in PoolKind.values:
+            errors["kind"] = ["Choose Docker engines (nodes added one by one) or Docker Swarm (a swarm's manager)."]
+        elif kind == PoolKind.SWARM:
+            if url_errors := docker_host_errors(manager_url, what="Swarm manager"):
+                errors["manager_url"] = url_errors
+        elif manager_url:
+            errors["manager_url"] = ["Only a Swarm pool has a manager URL: clear it, or choose Docker Swarm."]
     name = str(data.get("name", ""))
     if name_errors := _name_errors(name, "pool"):
         errors["name"] = name_errors
@@ -186,6 +208,8 @@ def pool_request_parse(data: Mapping[str, Any]) -> PoolRequest:
         memory_overcommit=memory_overcommit,
         offers_every_flavor=flavor_choice == "every",
         flavors=flavors,
+        kind=kind,
+        manager_url=manager_url,
     )
 
 
@@ -201,11 +225,11 @@ def node_data_from_post(post: QueryDict) -> dict[str, Any]:
     }
 
 
-def docker_host_errors(docker_host: str) -> list[str]:
+def docker_host_errors(docker_host: str, *, what: str = "Docker engine") -> list[str]:
     """What is wrong with a Docker engine URL, if anything (unix://, tcp:// or ssh:// only)."""
     examples = "e.g. unix:///var/run/docker.sock, tcp://10.0.0.5:2376 or ssh://deploy@gpu-1"
     if not docker_host:
-        return [f"Enter the Docker engine's URL, {examples}."]
+        return [f"Enter the {what}'s URL, {examples}."]
     if len(docker_host) > DOCKER_HOST_MAX_LENGTH:
         return [f"The Docker URL may have at most {DOCKER_HOST_MAX_LENGTH} characters (it has {len(docker_host)})."]
     if any(char.isspace() for char in docker_host) or not docker_host.isprintable():

@@ -92,7 +92,11 @@ def pool_create(request: ConsoleRequest) -> HttpResponse:
         pool = actions.pool_create(request=pool_request_parse(data))
     except RequestInvalid as exc:
         return _pool_form(request, None, data, exc.errors)
-    messages.success(request, f"Created pool {pool.name}. Add its nodes (Docker engines) next.")
+    if pool.is_swarm:
+        count = pool.nodes.count()
+        messages.success(request, f"Created Swarm pool {pool.name} with its {count} node{'s' if count != 1 else ''}.")
+    else:
+        messages.success(request, f"Created pool {pool.name}. Add its nodes (Docker engines) next.")
     return redirect("pools:detail", pool_id=pool.id)
 
 
@@ -104,7 +108,7 @@ def pool_edit(request: ConsoleRequest, pool_id: int) -> HttpResponse:
         return _pool_form(request, pool, pool_data_of(pool), {})
     data = pool_data_from_post(request.POST)
     try:
-        pool = actions.pool_update(pool=pool, request=pool_request_parse(data))
+        pool = actions.pool_update(pool=pool, request=pool_request_parse(data, pool=pool))
     except RequestInvalid as exc:
         return _pool_form(request, pool, data, exc.errors)
     messages.success(request, f"Saved pool {pool.name}.")
@@ -128,6 +132,9 @@ def pool_delete(request: ConsoleRequest, pool_id: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def node_add(request: ConsoleRequest, pool_id: int) -> HttpResponse:
     pool = selectors.pool_get(pool_id)
+    if pool.is_swarm:
+        messages.error(request, f"Pool {pool.name} is a Swarm pool: its nodes are the swarm's, read from its manager.")
+        return redirect("pools:detail", pool_id=pool.id)
     errors: dict[str, list[str]] = {}
     if request.method == "POST":
         data = node_data_from_post(request.POST)

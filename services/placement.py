@@ -47,7 +47,7 @@ def _cpus(value: Decimal) -> str:
 def pool_nodes_locked(pools: list[ResourcePool]) -> list[Node]:
     """The pools' nodes that take new instances, locked until the transaction ends."""
     locked = list(Node.objects.select_for_update().filter(pool__in=pools).order_by("id"))
-    return [node for node in locked if node.is_enabled and node.is_reachable]
+    return [node for node in locked if node.is_offered]
 
 
 def instances_place(

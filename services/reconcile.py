@@ -23,7 +23,8 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from pools.models import Node
+from pools.actions import swarm_nodes_record, swarm_pool_unreachable
+from pools.models import Node, PoolKind, ResourcePool
 from services import runtime
 from services.choices import (
     SUPERVISED_STATUSES,
@@ -42,6 +43,7 @@ from services.lifecycle import (
 )
 from services.models import AIApplicationVersion, Instance, Service, ServiceEvent
 from services.probes import probe_health
+from services.runtime import swarm
 from services.transitions import service_event_add, service_transition
 from services.validation import hours_text
 
@@ -94,11 +96,25 @@ def _refresh_node(node: Node, now: datetime) -> None:
     node.is_reachable = True
 
 
+def _refresh_swarm_pool(pool: ResourcePool, now: datetime, report: ReconcileReport | None = None) -> None:
+    """One node list from the pool's manager: the pool's nodes as the swarm sees them."""
+    try:
+        listed = swarm.swarm_nodes(pool.manager_url)
+    except runtime.EngineError as exc:
+        if report is not None:
+            report.unreachable_nodes.append(pool.name)
+        swarm_pool_unreachable(pool=pool, reason=str(exc), now=now)
+        return
+    swarm_nodes_record(pool=pool, nodes=listed, now=now)
+
+
 def nodes_refresh() -> None:
-    """Read every enabled engine's capacity now (used at seed time and by the loop)."""
+    """Read every enabled engine's capacity, and every swarm's nodes, now (used at seed time and by the loop)."""
     now = timezone.now()
-    for node in Node.objects.filter(is_enabled=True):
+    for node in Node.objects.filter(is_enabled=True).exclude(pool__kind=PoolKind.SWARM):
         _refresh_node(node, now)
+    for pool in ResourcePool.objects.filter(kind=PoolKind.SWARM):
+        _refresh_swarm_pool(pool, now)
 
 
 def reconcile() -> ReconcileReport | None:
@@ -114,7 +130,11 @@ def _reconcile_once() -> ReconcileReport:
     # Containers first, then rows: a container is only ever created after its
     # row is committed, so reading rows second never shows a fresh container
     # as an orphan.
-    nodes = list(Node.objects.filter(is_enabled=True))
+    # A Swarm pool's nodes are read from its manager, never listed as engines:
+    # the manager's own containers there are Swarm's to keep.
+    for pool in ResourcePool.objects.filter(kind=PoolKind.SWARM):
+        _refresh_swarm_pool(pool, now, report)
+    nodes = list(Node.objects.filter(is_enabled=True).exclude(pool__kind=PoolKind.SWARM))
     containers: dict[int, dict[str, runtime.ContainerInfo]] = {}
     for node in nodes:
         stale = node.checked_at is None or now - node.checked_at > timedelta(seconds=NODE_REFRESH_SECONDS)

@@ -411,3 +411,33 @@ def second_engine_daemon():
 def second_engine(second_engine_daemon) -> str:
     """The second engine's docker_host, e.g. unix:///var/run/docker-rts2.sock."""
     return second_engine_daemon.docker_host
+
+
+# --- A single-node Docker swarm --------------------------------------------------------
+# For services.runtime.swarm: an engine of its own (tests.engines.SwarmEngine),
+# manager of a swarm of one node that listens and advertises on 127.0.0.1 only.
+
+
+@pytest.fixture(scope="session")
+def swarm_manager():
+    """The swarm manager's docker_host (unix:///var/run/docker-swarm.sock), with the
+    demo images loaded; the swarm is left and its engine stopped when the session ends."""
+    from services.runtime import swarm
+    from tests.engines import SwarmEngine
+
+    daemon = SwarmEngine(log_path=ROOT / "test-artifacts" / "docker-swarm.log")
+    daemon.acquire()
+    try:
+        daemon.start()
+        daemon.reset()  # a swarm, containers and networks an earlier session left
+        daemon.ensure_images(settings.DOCKER_HOST, [DEMO_IMAGE_V1, DEMO_IMAGE_V2])
+        daemon.swarm_init()
+        yield daemon.docker_host
+    finally:
+        try:
+            if daemon.answers():
+                daemon.swarm_leave()
+        finally:
+            swarm.forget_manager_client(daemon.docker_host)
+            daemon.stop()
+            daemon.release()

@@ -296,6 +296,14 @@ class SecondEngine:
 
     # --- The bridge -------------------------------------------------------------------
 
+    def own_ranges(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The address ranges this engine hands out (each gets a fallback route)."""
+        return (self.bridge_address.network, self.address_pool)
+
+    def own_devices(self) -> tuple[str, ...]:
+        """Interfaces this engine makes, whose routes may lie in its own ranges."""
+        return (self.bridge,)
+
     def _bridge_ensure(self) -> None:
         """The engine's default bridge, up and with its address; an existing one is reused."""
         self._check_ranges_free()
@@ -313,19 +321,19 @@ class SecondEngine:
         another engine's network of the same bridge name): an `unreachable`
         route that every bridge's own route outranks, instead of the default
         route out of the machine."""
-        for network in (self.bridge_address.network, self.address_pool):
+        for network in self.own_ranges():
             _ip("route", "replace", "unreachable", str(network), "metric", "1000")
 
     def _check_ranges_free(self) -> None:
         """Fail before anything is made when another network of this machine
         overlaps the bridge or the address pool (they would shadow each other's routes)."""
-        ours = (self.bridge_address.network, self.address_pool)
+        ours = self.own_ranges()
         for line in _ip("-o", "-4", "route", "show").splitlines():
             words = line.split()
             if not words or words[0] == "default" or "dev" not in words:
                 continue
             device = words[words.index("dev") + 1]
-            if device == self.bridge or device.startswith(SERVICE_BRIDGE_PREFIXES):
+            if device in self.own_devices() or device.startswith(SERVICE_BRIDGE_PREFIXES):
                 continue
             try:
                 routed = ipaddress.ip_network(words[0], strict=False)
@@ -379,6 +387,91 @@ class SecondEngine:
                     own.images.load(archive)
                 copied.append(name)
         return copied
+
+
+SWARM_NAME = "docker-swarm"
+# Clear of the ranges above and of the spike's (checked as for SecondEngine).
+SWARM_BRIDGE_ADDRESS = "10.222.0.1/24"
+SWARM_ADDRESS_POOL = "10.223.0.0/16"
+# Swarm-scoped networks (ingress, overlays): the default would be 10.0.0.0/8,
+# which holds every other range here.
+SWARM_NETWORK_POOL = "10.224.0.0/16"
+# The bridge Swarm makes on each node for its tasks' overlay traffic; Swarm fixes its name.
+SWARM_GATEWAY_BRIDGE = "docker_gwbridge"
+SWARM_INGRESS_NETWORK = "ingress"
+
+
+class SwarmEngine(SecondEngine):
+    """A second engine that is the one node, and the manager, of a swarm of its own.
+
+    The swarm listens and advertises on 127.0.0.1 only, and its networks come
+    from a range of their own with a fallback route like the engine's. Tasks
+    publish host-mode ports (the routing mesh needs IPVS, which this kernel
+    lacks), so they answer on 127.0.0.1:<published port>.
+    """
+
+    def __init__(
+        self,
+        name: str = SWARM_NAME,
+        *,
+        bridge_address: str = SWARM_BRIDGE_ADDRESS,
+        address_pool: str = SWARM_ADDRESS_POOL,
+        swarm_address_pool: str = SWARM_NETWORK_POOL,
+        log_path: Path | None = None,
+    ) -> None:
+        super().__init__(name, bridge_address=bridge_address, address_pool=address_pool, log_path=log_path)
+        self.swarm_address_pool = ipaddress.ip_network(swarm_address_pool)
+
+    def own_ranges(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return (*super().own_ranges(), self.swarm_address_pool)
+
+    def own_devices(self) -> tuple[str, ...]:
+        return (*super().own_devices(), SWARM_GATEWAY_BRIDGE)
+
+    def swarm_state(self) -> str:
+        """The engine's LocalNodeState: inactive, pending, active, error or locked."""
+        with closing(self.client()) as client:
+            return str(client.info()["Swarm"]["LocalNodeState"])
+
+    def swarm_init(self) -> float:
+        """Make the engine the manager of a new single-node swarm, leaving any
+        swarm an earlier session left; returns the seconds it took."""
+        self._require_owned()
+        began = time.monotonic()
+        self.swarm_leave()
+        with closing(self.client()) as client:
+            client.api.init_swarm(
+                advertise_addr="127.0.0.1",
+                listen_addr="127.0.0.1:2377",
+                data_path_addr="127.0.0.1",
+                default_addr_pool=[str(self.swarm_address_pool)],
+                subnet_size=24,
+            )
+            # The routing mesh's network: useless here (no IPVS in this kernel;
+            # tasks publish host-mode ports), and its VXLAN socket is the one
+            # thing of the swarm that listens on 0.0.0.0 (udp 4789).
+            client.api.remove_network(SWARM_INGRESS_NETWORK)
+        return time.monotonic() - began
+
+    def swarm_leave(self) -> float:
+        """Leave the swarm (its services go with it) and remove the gateway
+        bridge's network; returns the seconds it took. Safe to repeat."""
+        self._require_owned()
+        began = time.monotonic()
+        with closing(self.client(timeout=60)) as client:
+            if client.info()["Swarm"]["LocalNodeState"] != "inactive":
+                client.api.leave_swarm(force=True)
+            for network in client.networks.list(names=[SWARM_GATEWAY_BRIDGE]):
+                try:
+                    network.remove()
+                except NotFound:
+                    pass
+        return time.monotonic() - began
+
+    def reset(self) -> None:
+        """Leave the swarm first: while the engine is in one, its swarm networks cannot be removed."""
+        self.swarm_leave()
+        super().reset()
 
 
 def owned_engines() -> list[SecondEngine]:

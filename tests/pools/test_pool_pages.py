@@ -47,6 +47,7 @@ def pool_form(**changes) -> dict:
         "cpu_overcommit": "2",
         "memory_overcommit": "1.5",
         "flavor_choice": "every",
+        "kind": "engines",
         **changes,
     }
 
@@ -207,6 +208,20 @@ def test_an_operator_creates_a_dedicated_pool_offering_chosen_flavors(staff_clie
         ({"flavor_choice": "chosen", "flavors": ["²"]}, "flavors", "A chosen flavor does not exist"),
         ({"flavor_choice": "chosen", "flavors": ["9" * 30]}, "flavors", "A chosen flavor does not exist"),
         ({"flavor_choice": ""}, "flavors", "Choose whether the pool offers every flavor"),
+        ({"kind": ""}, "kind", "Choose Docker engines (nodes added one by one) or Docker Swarm"),
+        ({"kind": "kubernetes"}, "kind", "Choose Docker engines (nodes added one by one) or Docker Swarm"),
+        ({"kind": "swarm"}, "manager_url", "Enter the Swarm manager"),
+        (
+            {"kind": "swarm", "manager_url": "http://10.0.0.5"},
+            "manager_url",
+            "must start with unix://, tcp:// or ssh://",
+        ),
+        ({"manager_url": "tcp://10.0.0.5:2376"}, "manager_url", "Only a Swarm pool has a manager URL"),
+        (
+            {"kind": "swarm", "manager_url": "unix:///var/run/rts-no-such-manager.sock"},
+            "manager_url",
+            "Nothing was saved: check the URL and that it is a manager of a swarm",
+        ),
     ],
 )
 def test_a_bad_pool_form_says_what_is_wrong_on_its_field_and_stores_nothing(
@@ -218,7 +233,8 @@ def test_a_bad_pool_form_says_what_is_wrong_on_its_field_and_stores_nothing(
     page = page_of(response)
     assert message in page
     # The message sits under its field, which is marked invalid.
-    assert f'<div class="field{" owner-field" if field == "owner" else ""} invalid">' in page
+    extra_class = {"owner": " owner-field", "manager_url": " manager-field"}.get(field, "")
+    assert f'<div class="field{extra_class} invalid">' in page
     assert "Nothing was saved" in page
     assert not ResourcePool.objects.exists()
 

@@ -1,4 +1,4 @@
-"""The one module that speaks to Docker engines.
+"""The one package that speaks to Docker: this module to standalone engines, `swarm` to Swarm managers.
 
 Everything else in the project calls these functions with plain values and
 gets plain dataclasses back; no Docker SDK object leaves this module.
