@@ -296,7 +296,8 @@ def services_from_rows(
             )
             service.versions.append(version)
         if host_port is not None:
-            version.upstreams.append((instance_host, host_port))
+            address = more[6] if len(more) > 6 else None
+            version.upstreams.append((address or instance_host, host_port))
     for version in by_config.values() if versions is None else ():
         version.upstreams.sort()
     return services

@@ -17,17 +17,19 @@ from gateway.routing import RoutingTable, TableBuilder
 
 # Then three columns of the data collection rule (services.models.DataCollectionRule,
 # whose `content` values are named here): the share of calls kept (0: off, and
-# always off for a WebSocket service), whether requests, whether responses; last
-# the version's label, which a collected call's record keeps.
+# always off for a WebSocket service), whether requests, whether responses; then
+# the version's label, which a collected call's record keeps; last the address of
+# the instance's node when it has one (a Swarm node), else the gateway's INSTANCE_HOST.
 SERVICE_COLUMNS = """
 SELECT s.id::text, s.owner_id, s.status, c.id, c.weight, v.predict_path, i.host_port, s.is_websocket, s.traffic_limit,
   CASE WHEN r.is_enabled AND NOT s.is_websocket THEN r.sample_percent ELSE 0 END,
-  r.content IN ('request', 'both'), r.content IN ('response', 'both'), v.version
+  r.content IN ('request', 'both'), r.content IN ('response', 'both'), v.version, n.address
 FROM services_service s
 JOIN services_serviceversionconfig c ON c.service_id = s.id
 JOIN services_aiapplicationversion v ON v.id = c.app_version_id
 LEFT JOIN services_instance i
   ON i.config_id = c.id AND i.is_healthy AND i.host_port IS NOT NULL
+LEFT JOIN pools_node n ON n.id = i.node_id
 LEFT JOIN services_datacollectionrule r ON r.service_id = s.id
 """
 # Ordered by port within a configuration: the instances come in sorted.

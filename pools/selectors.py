@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Count, Q, QuerySet, Sum
 from django.shortcuts import get_object_or_404
 
-from pools.models import Flavor, Node, PoolKind, ResourcePool
+from pools.models import Flavor, Node, ResourcePool
 from services.models import Instance, Service
 
 if TYPE_CHECKING:
@@ -25,14 +25,8 @@ class FlavorOption:
 
 
 def pool_list_for(user: User) -> QuerySet[ResourcePool]:
-    """Pools a user may deploy to: every public pool and their own dedicated ones.
-    Not yet Swarm pools: operators can set them up and watch their nodes, and
-    deploys follow once the lifecycle runs on Swarm (issue 8)."""
-    return (
-        ResourcePool.objects.filter(Q(is_public=True) | Q(owner=user))
-        .exclude(kind=PoolKind.SWARM)
-        .order_by("-is_public", "name")
-    )
+    """Pools a user may deploy to: every public pool and their own dedicated ones."""
+    return ResourcePool.objects.filter(Q(is_public=True) | Q(owner=user)).order_by("-is_public", "name")
 
 
 def pool_usable_nodes(pool: ResourcePool) -> list[Node]:

@@ -8,18 +8,15 @@ Containers have deterministic names, so a second run adopts the first's.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TypeVar
 
 from django.conf import settings
 from django.db import connection, connections, transaction
@@ -29,6 +26,16 @@ from django.utils import timezone
 from pools.models import Node
 from services import runtime
 from services.choices import ConfigPhase, InstanceState, ServiceStatus, VersionStatus
+from services.instance_runtime import (
+    in_parallel,
+    instance_address,
+    instance_failure,
+    instance_remove_one,
+    instances_remove,
+    instances_start,
+    instances_stop,
+    networks_remove,
+)
 from services.logs import container_log_excerpt_of
 from services.metrics import DEPLOY_SECONDS
 from services.models import (
@@ -52,9 +59,6 @@ log = logging.getLogger(__name__)
 # in the server's log, and probing at full speed for minutes would push the
 # server's own start-up lines out of the log tail that a failed deploy reports.
 DEPLOY_POLL_SECONDS = 0.05
-
-Item = TypeVar("Item")
-Result = TypeVar("Result")
 
 
 # --- Leases ------------------------------------------------------------------------
@@ -124,63 +128,6 @@ def lease_release_for_retry(service_id: uuid.UUID | str, token: uuid.UUID) -> No
 # --- Containers ----------------------------------------------------------------------
 
 
-def container_spec(service: Service, instance: Instance) -> runtime.ContainerSpec:
-    """What the engine should run for one instance: image, limits, labels, port."""
-    config = instance.config
-    version = config.app_version
-    return runtime.ContainerSpec(
-        name=instance.container_name,
-        image=version.image,
-        container_port=version.container_port,
-        cpus=float(config.flavor.cpus),
-        memory_mib=config.flavor.memory_mib,
-        environment={str(k): str(v) for k, v in (config.envs or {}).items()},
-        labels={
-            runtime.LABEL_MANAGED: "1",
-            runtime.LABEL_CONSOLE: settings.CONSOLE_ID,
-            runtime.LABEL_SERVICE: str(service.id),
-            runtime.LABEL_CONFIG: str(config.id),
-            runtime.LABEL_VERSION: f"{version.application.name}:{version.version}",
-            runtime.LABEL_INSTANCE: str(instance.index),
-        },
-        publish_host=settings.INSTANCE_HOST,
-        hardening=container_hardening(),
-        network=service_network_spec(service.id, instance.node.docker_host),
-    )
-
-
-def service_network_spec(service_id: uuid.UUID | str, docker_host: str = "") -> runtime.NetworkSpec:
-    """The service's own bridge network on each engine it runs on: one name on
-    every engine, and a Linux bridge named after the engine too, since two
-    engines on one host share one set of interfaces (a bridge of the same name
-    would be taken over by the second). The bridge's name says the egress
-    policy (`rtsa…` may reach the outside world, `rtsd…` may not), which
-    scripts/engine-firewall.sh enforces on each engine host."""
-    name = f"rts-{settings.CONSOLE_ID}-{service_id}"
-    prefix = "rtsd" if settings.CONTAINER_EGRESS == "deny" else "rtsa"
-    return runtime.NetworkSpec(
-        name=name,
-        bridge_name=prefix + hashlib.sha256(f"{name} {docker_host}".encode()).hexdigest()[:11],
-        labels={
-            runtime.LABEL_MANAGED: "1",
-            runtime.LABEL_CONSOLE: settings.CONSOLE_ID,
-            runtime.LABEL_SERVICE: str(service_id),
-        },
-    )
-
-
-def container_hardening() -> runtime.ContainerHardening:
-    """The operator's container limits (settings CONTAINER_*)."""
-    return runtime.ContainerHardening(
-        pids_limit=settings.CONTAINER_PIDS_LIMIT,
-        capabilities=tuple(settings.CONTAINER_CAPABILITIES),
-        no_new_privileges=settings.CONTAINER_NO_NEW_PRIVILEGES,
-        tmp_mib=settings.CONTAINER_TMP_MIB,
-        log_max_size_mib=settings.CONTAINER_LOG_MAX_SIZE_MIB,
-        log_max_files=settings.CONTAINER_LOG_MAX_FILES,
-    )
-
-
 def instances_plan(service: Service, configs: list[ServiceVersionConfig] | None = None) -> list[Instance]:
     """The service's Instance rows, one per compute node of each configuration.
     The action that created or changed the service placed them; one still
@@ -219,41 +166,21 @@ def instances_plan(service: Service, configs: list[ServiceVersionConfig] | None 
             instance.config = config
             wanted.append(instance)
     for leftover in existing.values() if not only else ():
-        runtime.remove_container(leftover.node.docker_host, leftover.container_name)
+        instance_remove_one(leftover)
         leftover.delete()
     return wanted
 
 
 def containers_remove(instances: list[Instance]) -> None:
     """Remove the instances' containers (best effort: the reconcile loop retries) and mark them Missing."""
-
-    def remove(instance: Instance) -> None:
-        try:
-            runtime.remove_container(instance.node.docker_host, instance.container_name)
-        except runtime.EngineError as exc:
-            log.warning("could not remove %s: %s (the reconcile loop will retry)", instance.container_name, exc)
-
-    in_parallel(remove, instances)
+    try:
+        instances_remove(instances)
+    except runtime.EngineError as exc:
+        names = ", ".join(instance.container_name for instance in instances)
+        log.warning("could not remove %s: %s (the reconcile loop will retry)", names, exc)
     Instance.objects.filter(id__in=[i.id for i in instances]).update(
         state=InstanceState.MISSING, is_healthy=False, container_id="", host_port=None
     )
-
-
-def in_parallel(function: Callable[[Item], Result], items: list[Item]) -> list[Result]:
-    """function(item) for every item, on up to 16 threads; results in the items' order."""
-    if len(items) <= 1:
-        return [function(item) for item in items]
-
-    def run(item: Item) -> Result:
-        try:
-            return function(item)
-        finally:
-            # A pool thread that touched the database has its own connection;
-            # close it, or it stays open until garbage collection finds it.
-            connections.close_all()
-
-    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
-        return list(pool.map(run, items))
 
 
 # --- AI application versions -----------------------------------------------------------
@@ -323,14 +250,8 @@ class LeaseLost(Exception):
 
 
 def _containers_start(service: Service, instances: list[Instance]) -> list[runtime.ContainerInfo]:
-    """Create (or adopt) and start every instance's container."""
-
-    def start(instance: Instance) -> runtime.ContainerInfo:
-        return runtime.ensure_container_running(instance.node.docker_host, container_spec(service, instance))
-
-    # Each start creates the service's network when it is missing; runtime
-    # tolerates two starts racing to create it.
-    return in_parallel(start, instances)
+    """Create (or adopt) and start every instance's container, wherever its pool runs it."""
+    return instances_start(service, instances)
 
 
 def _instances_record_started(
@@ -370,16 +291,15 @@ def _probe(instance: Instance, *, inspect: bool = True) -> ProbeResult:
         healthy, note = False, "no published port yet"
     else:
         healthy, note = probe_health_detail(
-            settings.INSTANCE_HOST, instance.host_port, version.health_path, settings.HEALTH_PROBE_TIMEOUT_SECONDS
+            instance_address(instance),
+            instance.host_port,
+            version.health_path,
+            settings.HEALTH_PROBE_TIMEOUT_SECONDS,
         )
     note = f"GET {version.health_path} on port {version.container_port}: {note}"
     if healthy or not inspect:
         return ProbeResult(instance, healthy, note)
-    info = runtime.inspect_container(instance.node.docker_host, instance.container_name)
-    if info is None or info.state in ("exited", "dead"):
-        how = "disappeared" if info is None else f"exited with code {info.exit_code}"
-        return ProbeResult(instance, False, note, failure=f"container {instance.container_name} {how}")
-    return ProbeResult(instance, False, note)
+    return ProbeResult(instance, False, note, failure=instance_failure(instance))
 
 
 def _probes_record(service: Service, results: list[ProbeResult]) -> None:
@@ -794,11 +714,8 @@ def service_stop_run(*, service_id: uuid.UUID | str) -> str:
 def _stop(service_id: uuid.UUID | str, token: uuid.UUID) -> str:
     instances = list(Instance.objects.filter(service_id=service_id).select_related("node"))
 
-    def stop(instance: Instance) -> None:
-        runtime.stop_container(instance.node.docker_host, instance.container_name)
-
     try:
-        in_parallel(stop, instances)
+        instances_stop(instances)
     except runtime.EngineError as exc:
         service_event_add(service_id, f"Stopping failed, will retry: {exc}", level=ServiceEvent.Level.WARNING)
         lease_release_for_retry(service_id, token)
@@ -818,10 +735,8 @@ def service_delete_run(*, service_id: uuid.UUID | str) -> str:
 def _delete(service_id: uuid.UUID | str, token: uuid.UUID) -> str:
     instances = list(Instance.objects.filter(service_id=service_id).select_related("node"))
     try:
-        in_parallel(lambda i: runtime.remove_container(i.node.docker_host, i.container_name), instances)
-        network = service_network_spec(service_id).name
-        for docker_host in sorted({instance.node.docker_host for instance in instances}):
-            runtime.remove_network(docker_host, network)
+        instances_remove(instances)
+        networks_remove(service_id, instances)
     except runtime.EngineError as exc:
         service_event_add(service_id, f"Deleting failed, will retry: {exc}", level=ServiceEvent.Level.WARNING)
         lease_release_for_retry(service_id, token)

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from django.conf import settings
 
 from services import runtime
+from services.instance_runtime import instance_log_excerpt, instance_logs
 from services.models import Instance
 
 
@@ -20,9 +21,7 @@ def instance_logs_read(instances: Iterable[Instance]) -> list[tuple[Instance, st
     logs = []
     for instance in instances:
         try:
-            text = runtime.container_logs(
-                instance.node.docker_host, instance.container_name, tail=settings.CONTAINER_LOG_TAIL_LINES
-            )
+            text = instance_logs(instance, tail=settings.CONTAINER_LOG_TAIL_LINES)
         except runtime.EngineError as exc:
             text = f"(logs unavailable: {exc})"
         logs.append((instance, text))
@@ -32,9 +31,7 @@ def instance_logs_read(instances: Iterable[Instance]) -> list[tuple[Instance, st
 def container_log_excerpt_of(instance: Instance) -> str:
     """The first and last lines of an instance's log, for a failure's event."""
     try:
-        logs = runtime.container_log_excerpt(
-            instance.node.docker_host, instance.container_name, tail=settings.CONTAINER_LOG_TAIL_LINES
-        )
+        logs = instance_log_excerpt(instance, tail=settings.CONTAINER_LOG_TAIL_LINES)
     except runtime.EngineError as exc:
         return f"(logs unavailable: {exc})"
     return logs.strip() or "(the container wrote no log lines)"

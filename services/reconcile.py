@@ -34,13 +34,19 @@ from services.choices import (
     ServiceStatus,
     VersionStatus,
 )
-from services.lifecycle import (
-    advisory_lock,
-    ai_application_version_check_image,
+from services.instance_runtime import (
+    TaskPlace,
     container_spec,
     in_parallel,
+    instance_address,
+    instance_follow,
+    is_on_swarm,
     service_network_spec,
+    swarm_places,
+    swarm_service_name,
+    version_service_spec,
 )
+from services.lifecycle import advisory_lock, ai_application_version_check_image
 from services.models import AIApplicationVersion, Instance, Service, ServiceEvent
 from services.probes import probe_health
 from services.runtime import swarm
@@ -96,16 +102,41 @@ def _refresh_node(node: Node, now: datetime) -> None:
     node.is_reachable = True
 
 
-def _refresh_swarm_pool(pool: ResourcePool, now: datetime, report: ReconcileReport | None = None) -> None:
-    """One node list from the pool's manager: the pool's nodes as the swarm sees them."""
+def _refresh_swarm_pool(pool: ResourcePool, now: datetime, report: ReconcileReport | None = None) -> bool:
+    """One node list from the pool's manager: the pool's nodes as the swarm sees
+    them. False when the manager did not answer."""
     try:
         listed = swarm.swarm_nodes(pool.manager_url)
     except runtime.EngineError as exc:
         if report is not None:
             report.unreachable_nodes.append(pool.name)
         swarm_pool_unreachable(pool=pool, reason=str(exc), now=now)
-        return
+        return False
     swarm_nodes_record(pool=pool, nodes=listed, now=now)
+    return True
+
+
+@dataclass(frozen=True)
+class SwarmView:
+    """What one Swarm pool's manager said this cycle: its console services' names, and their running tasks."""
+
+    pool: ResourcePool
+    service_names: set[str]
+    places: dict[str, TaskPlace]
+
+
+def _swarm_view(pool: ResourcePool, now: datetime, report: ReconcileReport) -> SwarmView | None:
+    """One node list, one service list and one task list from the pool's manager; None when it did not answer."""
+    if not _refresh_swarm_pool(pool, now, report):
+        return None
+    try:
+        names = {info.name for info in swarm.list_managed_services(pool.manager_url, settings.CONSOLE_ID)}
+        places = swarm_places(pool.manager_url, pool.id, names)
+    except runtime.EngineError as exc:
+        report.unreachable_nodes.append(pool.name)
+        swarm_pool_unreachable(pool=pool, reason=str(exc), now=now)
+        return None
+    return SwarmView(pool, names, places)
 
 
 def nodes_refresh() -> None:
@@ -130,10 +161,9 @@ def _reconcile_once() -> ReconcileReport:
     # Containers first, then rows: a container is only ever created after its
     # row is committed, so reading rows second never shows a fresh container
     # as an orphan.
-    # A Swarm pool's nodes are read from its manager, never listed as engines:
-    # the manager's own containers there are Swarm's to keep.
-    for pool in ResourcePool.objects.filter(kind=PoolKind.SWARM):
-        _refresh_swarm_pool(pool, now, report)
+    # A Swarm pool's nodes, services and tasks are read from its manager, never
+    # listed as engines: the containers there are Swarm's to keep.
+    swarms = {pool.id: _swarm_view(pool, now, report) for pool in ResourcePool.objects.filter(kind=PoolKind.SWARM)}
     nodes = list(Node.objects.filter(is_enabled=True).exclude(pool__kind=PoolKind.SWARM))
     containers: dict[int, dict[str, runtime.ContainerInfo]] = {}
     for node in nodes:
@@ -159,7 +189,10 @@ def _reconcile_once() -> ReconcileReport:
 
     _remove_orphans(nodes, containers, services, report)
     _remove_orphan_networks(nodes, containers, services)
-    _converge_serving(services, containers, report)
+    for view in swarms.values():
+        if view is not None:
+            _remove_orphan_swarm_services(view, services, report)
+    _converge_serving(services, containers, swarms, report)
     _stop_strays(services, containers)
     _auto_stop_due(services, now, report)
     _requeue_lapsed(services, now, report)
@@ -192,6 +225,29 @@ def _remove_orphans(
                 log.warning("could not remove orphan %s: %s", name, exc)
 
 
+# A Swarm service is kept for a service in these statuses; in any other (Stopped,
+# Failed, or on its way there) its Swarm services go, as its containers would.
+SWARM_KEPT_STATUSES = (*SUPERVISED_STATUSES, ServiceStatus.DEPLOYING, ServiceStatus.UPGRADING)
+
+
+def _remove_orphan_swarm_services(view: SwarmView, services: dict[str, Service], report: ReconcileReport) -> None:
+    """Remove the pool's Swarm services that no configuration of a kept service
+    names. Listed before the rows were read, so a Swarm service a deploy created
+    has its rows here."""
+    wanted = {
+        swarm_service_name(service.id, instance.config_id)
+        for service in services.values()
+        if service.status in SWARM_KEPT_STATUSES
+        for instance in service.instances.all()
+    }
+    for name in sorted(view.service_names - wanted):
+        try:
+            swarm.remove_version_service(view.pool.manager_url, name)
+            report.removed_orphans.append(name)
+        except runtime.EngineError as exc:
+            log.warning("could not remove Swarm service %s: %s", name, exc)
+
+
 def _remove_orphan_networks(
     nodes: list[Node], containers: dict[int, dict[str, runtime.ContainerInfo]], services: dict[str, Service]
 ) -> None:
@@ -219,7 +275,10 @@ class InstanceCheck:
 
 
 def _converge_serving(
-    services: dict[str, Service], containers: dict[int, dict[str, runtime.ContainerInfo]], report: ReconcileReport
+    services: dict[str, Service],
+    containers: dict[int, dict[str, runtime.ContainerInfo]],
+    swarms: dict[int, SwarmView | None],
+    report: ReconcileReport,
 ) -> None:
     """Keep every instance of a Running, Alarm or Abnormal service running and
     probed, then settle each service's status on how many answered. An
@@ -232,9 +291,14 @@ def _converge_serving(
         for instance in service.instances.all()
         if service.status != ServiceStatus.UPGRADING or instance.config.phase == ConfigPhase.SERVING
     ]
-    results = in_parallel(
-        lambda item: _instance_converge(item[0], item[1], containers.get(item[1].node_id), report), checks
-    )
+
+    def converge(item: tuple[Service, Instance]) -> InstanceCheck:
+        service, instance = item
+        if is_on_swarm(instance):
+            return _swarm_instance_converge(service, instance, swarms.get(instance.node.pool_id))
+        return _instance_converge(service, instance, containers.get(instance.node_id), report)
+
+    results = in_parallel(converge, checks)
     healthy_by_service: dict[str, list[bool]] = {}
     for (service, instance), result in zip(checks, results, strict=True):
         healthy_by_service.setdefault(str(service.id), []).append(result.is_healthy)
@@ -268,6 +332,41 @@ def _instance_converge(
     return _instance_restart(service, instance, info, report)
 
 
+def _swarm_instance_converge(service: Service, instance: Instance, view: SwarmView | None) -> InstanceCheck:
+    """Probe the instance where its task runs now. Swarm replaces a task that
+    exits by itself: the console never restarts one, it only brings back a
+    Swarm service that went missing."""
+    if view is None:
+        # The manager did not answer; the tasks may well be serving still.
+        return InstanceCheck(is_healthy=_instance_answers(instance))
+    place = view.places.get(instance.container_name)
+    if place is not None and place.info.is_running:
+        instance_follow(instance, place)
+        return InstanceCheck(is_healthy=_instance_answers(instance), state=InstanceState.RUNNING)
+    name = swarm_service_name(service.id, instance.config_id)
+    if name in view.service_names:
+        how = f"is {place.info.state}" if place is not None else "has no task"
+        return InstanceCheck(
+            is_healthy=False,
+            state=InstanceState.MISSING,
+            note=""
+            if instance.state != InstanceState.RUNNING
+            else f"Instance {instance.container_name} {how}; Swarm is replacing it",
+        )
+    try:
+        swarm.ensure_version_service(view.pool.manager_url, version_service_spec(service, instance.config))
+    except runtime.EngineError as exc:
+        return InstanceCheck(
+            is_healthy=False,
+            state=InstanceState.MISSING,
+            note=f"Swarm service {name} was missing; creating it failed: {exc}",
+        )
+    view.service_names.add(name)
+    return InstanceCheck(
+        is_healthy=False, state=InstanceState.MISSING, note=f"Swarm service {name} was missing; created it again"
+    )
+
+
 def _instance_answers(instance: Instance) -> bool:
     """Probe the instance's health path; a failed probe is tried once more a
     moment later, so a blip (an engine reprogramming its port forwarding as it
@@ -278,7 +377,7 @@ def _instance_answers(instance: Instance) -> bool:
         if attempt:
             time.sleep(PROBE_RETRY_DELAY_SECONDS)
         if probe_health(
-            settings.INSTANCE_HOST,
+            instance_address(instance),
             instance.host_port,
             instance.config.app_version.health_path,
             settings.HEALTH_PROBE_TIMEOUT_SECONDS,

@@ -263,6 +263,13 @@ def _parse_second_pool(
             f"Multi-pool load balancing runs a service in two dedicated resource pools; {pool.name} is public.",
         )
         return None
+    if pool is not None and pool.is_swarm:
+        errors.add(
+            "multi_pool",
+            f"Multi-pool load balancing runs a service in two pools of Docker engines; {pool.name} is a Swarm "
+            "pool, whose swarm spreads the instances over its nodes itself.",
+        )
+        return None
     if pool_ref in (None, ""):
         errors.add("second_pool", "Choose the second dedicated resource pool.")
         return None
@@ -273,6 +280,9 @@ def _parse_second_pool(
         return None
     if pool is not None and second.id == pool.id:
         errors.add("second_pool", "Choose a second pool other than the first.")
+        return None
+    if second.is_swarm:
+        errors.add("second_pool", f"{second.name} is a Swarm pool; the second pool must be a pool of Docker engines.")
         return None
     if pool is not None and _node_specs(pool) != _node_specs(second):
         errors.add(

@@ -52,7 +52,7 @@ NAME = "docker-rts2"
 # and eth0's 192.0.2.0/24. start() checks again and says so if one is taken.
 BRIDGE_ADDRESS = "10.220.0.1/24"
 ADDRESS_POOL = "10.221.0.0/16"
-# Bridges the project makes per service (services.lifecycle.service_network_spec):
+# Bridges the project makes per service (services.instance_runtime.service_network_spec):
 # they are the engine's own, wherever their subnet lies.
 SERVICE_BRIDGE_PREFIXES = ("rtsa", "rtsd")
 

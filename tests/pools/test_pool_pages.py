@@ -38,6 +38,10 @@ def gpu_pool(db):
     return pool
 
 
+# A Swarm pool's form, short of its manager URL (Swarm pools are dedicated).
+SWARM_DEDICATED = {"kind": "swarm", "access": "dedicated", "owner": "owner"}
+
+
 def pool_form(**changes) -> dict:
     return {
         "name": "batch",
@@ -210,15 +214,15 @@ def test_an_operator_creates_a_dedicated_pool_offering_chosen_flavors(staff_clie
         ({"flavor_choice": ""}, "flavors", "Choose whether the pool offers every flavor"),
         ({"kind": ""}, "kind", "Choose Docker engines (nodes added one by one) or Docker Swarm"),
         ({"kind": "kubernetes"}, "kind", "Choose Docker engines (nodes added one by one) or Docker Swarm"),
-        ({"kind": "swarm"}, "manager_url", "Enter the Swarm manager"),
+        (SWARM_DEDICATED, "manager_url", "Enter the Swarm manager"),
         (
-            {"kind": "swarm", "manager_url": "http://10.0.0.5"},
+            {**SWARM_DEDICATED, "manager_url": "http://10.0.0.5"},
             "manager_url",
             "must start with unix://, tcp:// or ssh://",
         ),
         ({"manager_url": "tcp://10.0.0.5:2376"}, "manager_url", "Only a Swarm pool has a manager URL"),
         (
-            {"kind": "swarm", "manager_url": "unix:///var/run/rts-no-such-manager.sock"},
+            {**SWARM_DEDICATED, "manager_url": "unix:///var/run/rts-no-such-manager.sock"},
             "manager_url",
             "Nothing was saved: check the URL and that it is a manager of a swarm",
         ),

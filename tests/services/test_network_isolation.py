@@ -16,7 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.lifecycle import service_deploy_run, service_network_spec
+from services.instance_runtime import service_network_spec
+from services.lifecycle import service_deploy_run
 from services.models import Service
 from tests.conftest import free_port
 from tests.factories import create_service, make_version

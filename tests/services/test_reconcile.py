@@ -16,7 +16,7 @@ from django.db import connection
 from django.utils import timezone
 
 from pools.models import Node
-from services import lifecycle, runtime
+from services import instance_runtime, lifecycle, runtime
 from services.choices import ServiceStatus, VersionStatus
 from services.lifecycle import service_deploy_run
 from services.models import AIApplicationVersion, Instance, Service, ServiceEvent
@@ -97,11 +97,11 @@ def test_reconcile_keeps_containers_of_a_deploy_in_progress_and_removes_a_failed
     # A deploy that has written its rows and started one of two containers.
     deploying = create_service(owner, make_version(owner), name="deploying", instance_count=2)
     first = lifecycle.instances_plan(deploying)[0]
-    runtime.ensure_container_running(engine, lifecycle.container_spec(deploying, first))
+    runtime.ensure_container_running(engine, instance_runtime.container_spec(deploying, first))
     # A Failed service whose container removal did not happen (the engine hiccuped).
     failed = create_service(owner, make_version(owner, version="1.0.1"), name="failed")
     failed_instance = lifecycle.instances_plan(failed)[0]
-    runtime.ensure_container_running(engine, lifecycle.container_spec(failed, failed_instance))
+    runtime.ensure_container_running(engine, instance_runtime.container_spec(failed, failed_instance))
     Service.objects.filter(id=failed.id).update(status=ServiceStatus.FAILED)
 
     report = reconcile()
@@ -382,7 +382,7 @@ class TestReconcileLoop:
         service = create_service(owner, make_version(owner), instance_count=2)
         assert enqueued == [("service_deploy_task", str(service.id))]  # swallowed: no task runs
         first = lifecycle.instances_plan(service)[0]
-        left = runtime.ensure_container_running(settings.DOCKER_HOST, lifecycle.container_spec(service, first))
+        left = runtime.ensure_container_running(settings.DOCKER_HOST, instance_runtime.container_spec(service, first))
         Service.objects.filter(id=service.id).update(
             lease_token=uuid.uuid4(), lease_expires_at=timezone.now() - timedelta(seconds=1)
         )

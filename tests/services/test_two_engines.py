@@ -22,10 +22,11 @@ import pytest
 
 from access.actions import access_token_create
 from pools.models import Node, ResourcePool
-from services import lifecycle
+from services import instance_runtime
 from services.actions import service_create, service_delete
 from services.choices import ServiceStatus
-from services.lifecycle import service_delete_run, service_deploy_run, service_network_spec
+from services.instance_runtime import service_network_spec
+from services.lifecycle import service_delete_run, service_deploy_run
 from services.models import Instance, Service
 from services.reconcile import reconcile
 from services.validation import parse_deploy_request
@@ -97,7 +98,7 @@ def bridges_by_node(service: Service) -> dict[str, str]:
     instances = Instance.objects.filter(service=service).select_related(
         "node", "config__app_version__application", "config__flavor"
     )
-    return {i.node.name: lifecycle.container_spec(service, i).network.bridge_name for i in instances}
+    return {i.node.name: instance_runtime.container_spec(service, i).network.bridge_name for i in instances}
 
 
 def deploy_run(owner, version, *, name: str, instance_count: int = 2, envs: dict | None = None) -> tuple[Service, str]:
