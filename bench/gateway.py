@@ -22,6 +22,9 @@ In one run it
     switch applied by every gateway process first) unless --no-collection;
   * does so in --rounds rounds (3), one path after the other in each, so that
     what else the machine runs meanwhile weighs on every path alike;
+  * reads with each run, from /proc, the CPU time per call of the proxy on the
+    path (every nginx or gateway process) and of PostgreSQL (every backend):
+    the cost of the thing itself, whatever else the machine does meanwhile;
   * prints each run, then the medians over the rounds of requests/s and p50/p99
     latency of each path, the gateway's throughput as a ratio of nginx's at 32
     connections and the p50 it adds over the direct path at 1 connection
@@ -326,7 +329,7 @@ class ServiceFixture:
 # --- nginx and the gateway ------------------------------------------------------------------
 
 
-def start_nginx(stack: ExitStack, nginx: str, upstream_port: int) -> int:
+def start_nginx(stack: ExitStack, nginx: str, upstream_port: int) -> tuple[int, int]:
     prefix = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-nginx-")))
     prefix.chmod(0o755)
     port = free_port()
@@ -348,7 +351,7 @@ def start_nginx(stack: ExitStack, nginx: str, upstream_port: int) -> int:
 
     wait_until("nginx did not answer", answers, 10)
     say(f"nginx {nginx_version(nginx)} proxying 127.0.0.1:{port} -> 127.0.0.1:{upstream_port} (keepalive 64)")
-    return port
+    return port, process.pid
 
 
 def nginx_version(nginx: str) -> str:
@@ -357,7 +360,7 @@ def nginx_version(nginx: str) -> str:
     return match.group(1) if match else "?"
 
 
-def start_gateway(stack: ExitStack, processes: int) -> int:
+def start_gateway(stack: ExitStack, processes: int) -> tuple[int, int]:
     port = free_port()
     log = stack.enter_context(tempfile.NamedTemporaryFile(prefix="bench-gateway-", suffix=".log"))
     process = subprocess.Popen(
@@ -375,7 +378,7 @@ def start_gateway(stack: ExitStack, processes: int) -> int:
 
     wait_until("the gateway did not answer /healthz", answers, 20)
     say(f"gateway on 127.0.0.1:{port} ({processes} processes)")
-    return port
+    return port, process.pid
 
 
 def stop_process(process: subprocess.Popen, name: str) -> None:
@@ -401,6 +404,56 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    # CPU time per request, in µs, of the proxy on the path (nginx or the
+    # gateway, all its processes) and of PostgreSQL (every backend); None: not measured.
+    proxy_cpu_us: float | None = None
+    database_cpu_us: float | None = None
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants (Linux /proc)."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        todo.extend(int(child) for child in children)
+    return pids
+
+
+def postgres_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """utime + stime of each process still there."""
+    times = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        times[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return times
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two readings; a process that appeared counts from 0."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def run_wrk(wrk: str, script: Path, url: str, connections: int, duration: float) -> dict:
@@ -413,9 +466,23 @@ def run_wrk(wrk: str, script: Path, url: str, connections: int, duration: float)
     return json.loads(match.group(1))
 
 
-def measure(wrk: str, script: Path, path: str, url: str, connections: int, duration: float, round_: int) -> Result:
+def measure(
+    wrk: str,
+    script: Path,
+    path: str,
+    url: str,
+    connections: int,
+    duration: float,
+    round_: int,
+    proxy_pid: int | None = None,
+) -> Result:
+    proxy_before = cpu_seconds(process_tree(proxy_pid)) if proxy_pid else {}
+    database_before = cpu_seconds(postgres_pids())
     raw = run_wrk(wrk, script, url, connections, duration)
+    database_after = cpu_seconds(postgres_pids())
+    proxy_after = cpu_seconds(process_tree(proxy_pid)) if proxy_pid else {}
     errors = raw["connect"] + raw["read"] + raw["write"] + raw["status"] + raw["timeout"]
+    requests = max(raw["requests"], 1)
     result = Result(
         path=path,
         connections=connections,
@@ -424,10 +491,14 @@ def measure(wrk: str, script: Path, path: str, url: str, connections: int, durat
         p50_ms=raw["p50_us"] / 1000,
         p99_ms=raw["p99_us"] / 1000,
         errors=errors,
+        proxy_cpu_us=cpu_used(proxy_before, proxy_after) / requests * 1e6 if proxy_pid else None,
+        database_cpu_us=cpu_used(database_before, database_after) / requests * 1e6,
     )
+    proxy_cpu = f"  proxy CPU {result.proxy_cpu_us:>6.1f} µs/call" if result.proxy_cpu_us is not None else ""
     print(
         f"    round {round_}  {path:<8} {connections:>3} conn  {result.requests_per_second:>9.0f} req/s"
-        f"  p50 {result.p50_ms:>7.3f} ms  p99 {result.p99_ms:>7.3f} ms  errors {errors}",
+        f"  p50 {result.p50_ms:>7.3f} ms  p99 {result.p99_ms:>7.3f} ms  errors {errors}{proxy_cpu}"
+        f"  PostgreSQL CPU {result.database_cpu_us:>5.1f} µs/call",
         flush=True,
     )
     return result
@@ -508,12 +579,14 @@ def main() -> None:
         stack.callback(say, "cleaned up")
         stack.callback(fixture_maker.tear_down)
         fixture = fixture_maker.set_up()
-        nginx_port = start_nginx(stack, nginx, fixture.container_port)
+        nginx_port, nginx_pid = start_nginx(stack, nginx, fixture.container_port)
+        gateway_pid: int | None = None
         if args.gateway_url:
             gateway_base = args.gateway_url.rstrip("/")
-            say(f"using the running gateway at {gateway_base}")
+            say(f"using the running gateway at {gateway_base} (its CPU is not measured)")
         else:
-            gateway_base = f"http://127.0.0.1:{start_gateway(stack, args.processes)}"
+            started_port, gateway_pid = start_gateway(stack, args.processes)
+            gateway_base = f"http://127.0.0.1:{started_port}"
         gateway_port = int(gateway_base.rsplit(":", 1)[1])
         gateway_path = f"/v1/infers/{fixture.service_id}"
         headers = {"Content-Type": "application/json", "X-Auth-Token": fixture.token}
@@ -532,6 +605,7 @@ def main() -> None:
         ]
         if not args.no_collection:
             targets.append(("collect", f"{gateway_base}{gateway_path}"))
+        proxy_pids = {"nginx": nginx_pid, "gateway": gateway_pid, "collect": gateway_pid}
         collection = Collection(fixture_maker, gateway_port, gateway_path, headers)
         say(
             f"wrk: POST {len(BODY)}-byte JSON, {args.rounds} rounds of {args.duration:g} s per path,"
@@ -547,7 +621,9 @@ def main() -> None:
                         collection.switch(on=name == "collect")
                     if round_ == 1 and args.warmup:
                         run_wrk(wrk, script, url, connections, args.warmup)
-                    results.append(measure(wrk, script, name, url, connections, args.duration, round_))
+                    results.append(
+                        measure(wrk, script, name, url, connections, args.duration, round_, proxy_pids.get(name))
+                    )
                     if name == "collect":
                         time.sleep(1.2)  # its last records are flushed before the next run
         collected, dropped = collection.counts()
@@ -572,14 +648,23 @@ def main() -> None:
     collect_ok = collect_ratio is None or collect_ratio >= TARGET_COLLECT_RATIO_32
     print()
     print(f"medians of {args.rounds} rounds ({args.image}):")
-    print(f"{'path':<8} {'conn':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    print(
+        f"{'path':<8} {'conn':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+        f" {'proxy CPU µs/call':>18} {'PostgreSQL CPU µs/call':>23}"
+    )
     for connections in (32, 1):
         for name, _ in targets:
             runs = [by[(n, name, connections)] for n in rounds]
             rps = statistics.median(r.requests_per_second for r in runs)
             p50 = statistics.median(r.p50_ms for r in runs)
             p99 = statistics.median(r.p99_ms for r in runs)
-            print(f"{name:<8} {connections:>4} {rps:>9.0f} {p50:>8.3f} {p99:>8.3f} {sum(r.errors for r in runs):>6}")
+            proxy_values = [r.proxy_cpu_us for r in runs if r.proxy_cpu_us is not None]
+            proxy = f"{statistics.median(proxy_values):.1f}" if proxy_values else "-"
+            database = statistics.median(r.database_cpu_us or 0.0 for r in runs)
+            print(
+                f"{name:<8} {connections:>4} {rps:>9.0f} {p50:>8.3f} {p99:>8.3f} {sum(r.errors for r in runs):>6}"
+                f" {proxy:>18} {database:>23.1f}"
+            )
     print()
     verdict = {True: "met", False: "MISSED"}
     print(f"gateway / nginx throughput at 32 connections: {ratio:.3f}", end="  ")
