@@ -9,6 +9,7 @@ and the delete sees it and refuses, or it waits for the delete and fails.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError, Q
@@ -23,6 +24,9 @@ from services import runtime
 from services.models import Service
 from services.runtime import swarm
 from services.validation import RequestInvalid
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 # A refusal names at most this many services, then says how many more.
 NAMES_SHOWN = 10
@@ -70,6 +74,8 @@ def pool_create(*, request: PoolRequest) -> ResourcePool:
             )
             pool.flavors.set(request.flavors)
             if swarm_nodes:
+                if request.owner is not None:
+                    _swarm_quota_check(request.owner, swarm_nodes)
                 swarm_nodes_record(pool=pool, nodes=swarm_nodes, now=timezone.now())
     except IntegrityError:
         # Another operator created the same name a moment ago.
@@ -181,6 +187,21 @@ def _swarm_nodes_of_new_pool(manager_url: str) -> list[swarm.SwarmNode]:
     if not nodes:
         raise RequestInvalid({"manager_url": ["The swarm lists no node. Nothing was saved."]})
     return nodes
+
+
+def _swarm_quota_check(owner: User, nodes: list[swarm.SwarmNode]) -> None:
+    """A dedicated pool takes its owner's quota for its nodes, as node_add does
+    for an engine: the swarm's nodes all at once."""
+    owner_lock(owner)
+    vcpus = sum(node.cpu_count for node in nodes)
+    if problems := limits_problems(owner, is_public=False, node_vcpus=vcpus):
+        raise RequestInvalid(
+            {
+                "owner": [
+                    f"The swarm's {len(nodes)} node(s) have {vcpus} vCPUs; {owner.get_username()} is short of quota. {problems[0]}"
+                ]
+            }
+        )
 
 
 def swarm_nodes_record(*, pool: ResourcePool, nodes: list[swarm.SwarmNode], now: datetime) -> None:

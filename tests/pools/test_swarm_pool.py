@@ -9,7 +9,7 @@ import docker
 import pytest
 from django.test import Client
 
-from pools.models import Node, PoolKind, ResourcePool
+from pools.models import Node, PoolKind, ResourcePool, UserQuota
 from pools.selectors import pool_list_for
 from services.reconcile import nodes_refresh
 from services.runtime import swarm
@@ -109,3 +109,16 @@ def test_a_manager_that_stops_answering_leaves_its_nodes_unreachable_not_gone(sw
     node = Node.objects.get(pool=swarm_pool)
     assert not node.is_reachable and not node.is_offered
     assert "rts-no-such-manager.sock" in node.last_error or "answer" in node.last_error
+
+
+def test_a_dedicated_swarm_pool_takes_its_owners_quota_for_the_swarms_nodes(
+    staff_client, swarm_manager, flavors, owner
+):
+    (listed,) = swarm.swarm_nodes(swarm_manager)
+    UserQuota.objects.create(user=owner, vcpus=listed.cpu_count - 1)
+
+    response = staff_client.post("/pools/new/", swarm_form(name="swarm-q", manager_url=swarm_manager))
+
+    assert response.status_code == 400
+    assert f"have {listed.cpu_count} vCPUs; owner is short of quota" in page_of(response)
+    assert not ResourcePool.objects.filter(name="swarm-q").exists() and not Node.objects.exists()
