@@ -270,7 +270,12 @@ def _instances_record_started(
             is_healthy=False,
             updated_at=timezone.now(),
         )
-        service_event_add(service.id, f"Container {instance.container_name} started on {instance.node.name}")
+        if instance.node.swarm_node_id:
+            service_event_add(
+                service.id, f"Swarm task for {instance.container_name} created in pool {service.pool.name}"
+            )
+        else:
+            service_event_add(service.id, f"Container {instance.container_name} started on {instance.node.name}")
 
 
 @dataclass(frozen=True)
