@@ -174,13 +174,13 @@ class TaskPlace:
     info: runtime.ContainerInfo
 
 
-def swarm_places(manager_url: str, pool_id: int, names: set[str]) -> dict[str, TaskPlace]:
-    """The running task of each slot of the named Swarm services, by instance
-    container name (`<service name>-<slot - 1>`), in one task list."""
+def swarm_places(pool_id: int, tasks: list[swarm.SwarmTask], names: set[str]) -> dict[str, TaskPlace]:
+    """The task Swarm wants running in each slot of the named Swarm services, by
+    instance container name (`<service name>-<slot - 1>`), from one task list."""
     nodes = {node.swarm_node_id: node for node in Node.objects.filter(pool_id=pool_id).exclude(swarm_node_id="")}
     places: dict[str, TaskPlace] = {}
-    for task in swarm.list_managed_tasks(manager_url, settings.CONSOLE_ID):
-        if task.service_name not in names or task.slot is None:
+    for task in tasks:
+        if task.service_name not in names or task.slot is None or task.desired_state != "running":
             continue
         name = f"{task.service_name}-{task.slot - 1}"
         if name in places and places[name].info.is_running:
@@ -236,7 +236,8 @@ def instances_start(service: Service, instances: list[Instance]) -> list[runtime
         configs = {instance.config_id: instance.config for instance in on_swarm}
         for config in configs.values():
             swarm.ensure_version_service(manager_url, version_service_spec(service, config))
-        places = swarm_places(manager_url, service.pool_id, {_swarm_name_of(i) for i in on_swarm})
+        tasks = swarm.list_managed_tasks(manager_url, settings.CONSOLE_ID)
+        places = swarm_places(service.pool_id, tasks, {_swarm_name_of(i) for i in on_swarm})
         for instance in on_swarm:
             place = places.get(instance.container_name)
             if place is None:
@@ -299,15 +300,15 @@ def instance_failure(instance: Instance) -> str:
         return ""
     manager_url = instance.node.docker_host
     name = _swarm_name_of(instance)
-    place = swarm_places(manager_url, instance.node.pool_id, {name}).get(instance.container_name)
+    # Every task, not only the ones Swarm wants running: the slot's failed ones too.
+    tasks = swarm.list_managed_tasks(manager_url, settings.CONSOLE_ID, running_only=False)
+    place = swarm_places(instance.node.pool_id, tasks, {name}).get(instance.container_name)
     if place is not None and place.info.is_running:
         instance_follow(instance, place)
         return ""
     slot = instance.index + 1
     failed = [
-        task
-        for task in swarm.list_managed_tasks(manager_url, settings.CONSOLE_ID, running_only=False)
-        if task.service_name == name and task.slot == slot and task.state in _FAILED_TASK_STATES
+        task for task in tasks if task.service_name == name and task.slot == slot and task.state in _FAILED_TASK_STATES
     ]
     if len(failed) >= SWARM_FAILED_TASKS_LIMIT:
         last = failed[0]

@@ -130,8 +130,10 @@ def _swarm_view(pool: ResourcePool, now: datetime, report: ReconcileReport) -> S
     if not _refresh_swarm_pool(pool, now, report):
         return None
     try:
-        names = {info.name for info in swarm.list_managed_services(pool.manager_url, settings.CONSOLE_ID)}
-        places = swarm_places(pool.manager_url, pool.id, names)
+        services = swarm.list_managed_services(pool.manager_url, settings.CONSOLE_ID)
+        tasks = swarm.list_managed_tasks(pool.manager_url, settings.CONSOLE_ID, services=services)
+        names = {info.name for info in services}
+        places = swarm_places(pool.id, tasks, names)
     except runtime.EngineError as exc:
         report.unreachable_nodes.append(pool.name)
         swarm_pool_unreachable(pool=pool, reason=str(exc), now=now)

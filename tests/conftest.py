@@ -422,7 +422,6 @@ def second_engine(second_engine_daemon) -> str:
 def swarm_manager():
     """The swarm manager's docker_host (unix:///var/run/docker-swarm.sock), with the
     demo images loaded; the swarm is left and its engine stopped when the session ends."""
-    from services.runtime import swarm
     from tests.engines import SwarmEngine
 
     daemon = SwarmEngine(log_path=ROOT / "test-artifacts" / "docker-swarm.log")
@@ -438,6 +437,6 @@ def swarm_manager():
             if daemon.answers():
                 daemon.swarm_leave()
         finally:
-            swarm.forget_manager_client(daemon.docker_host)
+            runtime.forget_client(daemon.docker_host)
             daemon.stop()
             daemon.release()

@@ -92,11 +92,12 @@ class ContainerInfo:
         return self.state == "running"
 
 
-def _client(docker_host: str) -> docker.DockerClient:
+def engine_client(docker_host: str, timeout: int = 30) -> docker.DockerClient:
+    """The cached SDK client of an engine or Swarm manager (`timeout` applies when it is first made)."""
     with _clients_lock:
         client = _clients.get(docker_host)
         if client is None:
-            client = docker.DockerClient(base_url=docker_host, version="auto", timeout=30)
+            client = docker.DockerClient(base_url=docker_host, version="auto", timeout=timeout)
             _clients[docker_host] = client
         return client
 
@@ -122,7 +123,7 @@ def forget_client(docker_host: str) -> None:
 
 def engine_info(docker_host: str) -> EngineInfo:
     try:
-        info = _client(docker_host).info()
+        info = engine_client(docker_host).info()
     except (DockerException, RequestsConnectionError, ReadTimeout, FileNotFoundError) as exc:
         forget_client(docker_host)
         raise _engine_error(docker_host, exc) from exc
@@ -135,7 +136,7 @@ def engine_info(docker_host: str) -> EngineInfo:
 
 def image_exists(docker_host: str, image: str) -> bool:
     try:
-        _client(docker_host).api.inspect_image(image)
+        engine_client(docker_host).api.inspect_image(image)
         return True
     except ImageNotFound:
         return False
@@ -182,7 +183,7 @@ def _info_from_inspect(attrs: dict) -> ContainerInfo:
 def list_managed_containers(docker_host: str, console_id: str) -> list[ContainerInfo]:
     """All containers of this console on one engine, in a single list call."""
     try:
-        summaries = _client(docker_host).api.containers(
+        summaries = engine_client(docker_host).api.containers(
             all=True, filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_CONSOLE}={console_id}"]}
         )
     except (DockerException, RequestsConnectionError, ReadTimeout, FileNotFoundError) as exc:
@@ -193,7 +194,7 @@ def list_managed_containers(docker_host: str, console_id: str) -> list[Container
 
 def inspect_container(docker_host: str, name: str) -> ContainerInfo | None:
     try:
-        return _info_from_inspect(_client(docker_host).api.inspect_container(name))
+        return _info_from_inspect(engine_client(docker_host).api.inspect_container(name))
     except NotFound:
         return None
     except (DockerException, RequestsConnectionError, ReadTimeout) as exc:
@@ -207,7 +208,7 @@ def ensure_container_running(docker_host: str, spec: ContainerSpec) -> Container
     if it is not running), so a retried deploy never makes a second copy.
     """
     try:
-        api = _client(docker_host).api
+        api = engine_client(docker_host).api
         try:
             attrs = api.inspect_container(spec.name)
         except NotFound:
@@ -283,7 +284,7 @@ def _ensure_network(api: docker.APIClient, network: NetworkSpec) -> None:
 def list_managed_networks(docker_host: str, console_id: str) -> list[str]:
     """Names of this console's service networks on one engine."""
     try:
-        networks = _client(docker_host).api.networks(
+        networks = engine_client(docker_host).api.networks(
             filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_CONSOLE}={console_id}"]}
         )
     except (DockerException, RequestsConnectionError, ReadTimeout, FileNotFoundError) as exc:
@@ -294,7 +295,7 @@ def list_managed_networks(docker_host: str, console_id: str) -> list[str]:
 def remove_network(docker_host: str, name: str) -> None:
     """Remove a service network; a missing one is already removed. Its containers must be gone first."""
     try:
-        _client(docker_host).api.remove_network(name)
+        engine_client(docker_host).api.remove_network(name)
     except NotFound:
         return
     except (DockerException, RequestsConnectionError, ReadTimeout) as exc:
@@ -303,7 +304,7 @@ def remove_network(docker_host: str, name: str) -> None:
 
 def container_logs(docker_host: str, name: str, tail: int | str = 50) -> str:
     try:
-        raw = _client(docker_host).api.logs(name, stdout=True, stderr=True, tail=tail, timestamps=False)
+        raw = engine_client(docker_host).api.logs(name, stdout=True, stderr=True, tail=tail, timestamps=False)
     except NotFound:
         return ""
     except (DockerException, RequestsConnectionError, ReadTimeout) as exc:
@@ -324,7 +325,7 @@ def container_log_excerpt(docker_host: str, name: str, head: int = 20, tail: int
 
 def stop_container(docker_host: str, name: str, timeout: int = 10) -> None:
     try:
-        _client(docker_host).api.stop(name, timeout=timeout)
+        engine_client(docker_host).api.stop(name, timeout=timeout)
     except NotFound:
         return
     except (DockerException, RequestsConnectionError, ReadTimeout) as exc:
@@ -334,7 +335,7 @@ def stop_container(docker_host: str, name: str, timeout: int = 10) -> None:
 def remove_container(docker_host: str, name: str) -> None:
     """Remove a container whatever its state; a missing one is already removed."""
     try:
-        _client(docker_host).api.remove_container(name, force=True)
+        engine_client(docker_host).api.remove_container(name, force=True)
     except NotFound:
         return
     except APIError as exc:

@@ -14,7 +14,6 @@ executable (Swarm mounts it noexec).
 from __future__ import annotations
 
 import copy
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +25,14 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
 
-from services.runtime import LABEL_CONSOLE, LABEL_MANAGED, ContainerHardening, EngineError
+from services.runtime import (
+    LABEL_CONSOLE,
+    LABEL_MANAGED,
+    ContainerHardening,
+    EngineError,
+    engine_client,
+    forget_client,
+)
 
 NANOS_PER_SECOND = 1_000_000_000
 BYTES_PER_MIB = 1024 * 1024
@@ -124,37 +130,16 @@ class SwarmServiceInfo:
     update_message: str
 
 
-_manager_clients: dict[str, docker.APIClient] = {}
-_manager_clients_lock = threading.Lock()
-
-
-def _manager_client(manager_url: str) -> docker.APIClient:
-    with _manager_clients_lock:
-        api = _manager_clients.get(manager_url)
-        if api is None:
-            api = docker.APIClient(base_url=manager_url, version="auto", timeout=MANAGER_TIMEOUT_SECONDS)
-            _manager_clients[manager_url] = api
-        return api
-
-
-def forget_manager_client(manager_url: str) -> None:
-    """Drop a cached client, e.g. after the manager restarted or in a forked worker."""
-    with _manager_clients_lock:
-        api = _manager_clients.pop(manager_url, None)
-    if api is not None:
-        api.close()
-
-
 @contextmanager
 def _manager_api(manager_url: str) -> Iterator[docker.APIClient]:
     """The manager's API client; Docker and connection errors leave as EngineError."""
     try:
-        yield _manager_client(manager_url)
+        yield engine_client(manager_url, timeout=MANAGER_TIMEOUT_SECONDS).api
     except (DockerException, RequestsConnectionError, ReadTimeout, FileNotFoundError) as exc:
         # The SDK wraps a failed connection while negotiating the API version
         # in a plain DockerException; its cause says what really happened.
         if isinstance(exc, _UNREACHABLE) or isinstance(exc.__cause__, _UNREACHABLE):
-            forget_manager_client(manager_url)
+            forget_client(manager_url)
             raise EngineError(f"Swarm manager at {manager_url} does not answer") from exc
         if isinstance(exc, APIError):
             raise EngineError(f"Swarm manager at {manager_url}: {exc.explanation or exc}") from exc
@@ -414,7 +399,13 @@ def list_managed_services(manager_url: str, console_id: str) -> list[SwarmServic
 # --- Tasks ---------------------------------------------------------------------------
 
 
-def list_managed_tasks(manager_url: str, console_id: str, *, running_only: bool = True) -> list[SwarmTask]:
+def list_managed_tasks(
+    manager_url: str,
+    console_id: str,
+    *,
+    running_only: bool = True,
+    services: list[SwarmServiceInfo] | None = None,
+) -> list[SwarmTask]:
     """The tasks of this console's services on every node.
 
     running_only keeps the tasks Swarm wants running: a task it is about to stop
@@ -427,10 +418,14 @@ def list_managed_tasks(manager_url: str, console_id: str, *, running_only: bool 
         filters["desired-state"] = "running"
     with _manager_api(manager_url) as api:
         tasks = api.tasks(filters=filters)
-        # Tasks name their service by ID only; the names come from one more call.
-        names = {
-            service["ID"]: service["Spec"]["Name"] for service in api.services(filters={"label": filters["label"]})
-        }
+        # Tasks name their service by ID only; the names come from the caller's
+        # list_managed_services, or from one more call.
+        if services is not None:
+            names = {service.service_id: service.name for service in services}
+        else:
+            names = {
+                service["ID"]: service["Spec"]["Name"] for service in api.services(filters={"label": filters["label"]})
+            }
     return [_task_from(task, names.get(task.get("ServiceID", ""), "")) for task in tasks]
 
 
