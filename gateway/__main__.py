@@ -18,8 +18,8 @@ import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-from gateway.app import serve, serve_child
 from gateway.config import GatewayConfig
+from gateway.server import serve, serve_child
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import ctypes
+import dataclasses
 import datetime as dt
 import ipaddress
 import itertools
@@ -12,16 +12,15 @@ import json
 import logging
 import os
 import re
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import psycopg
 from aiohttp import http_exceptions, web, web_protocol
 from aiohttp.http import HttpVersion10, HttpVersion11
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 try:
     import uvloop
@@ -65,8 +64,8 @@ REQUEST_ID_COUNTER = itertools.count()
 INFER_ROUTE = "infer"
 # The service a call was authorized for (the only service id a metric is labelled with).
 AUTHORIZED_SERVICE = "rts.authorized_service"
-# The routes a call holds in flight (routing.InFlight), released when it ends.
-HELD_ROUTES = "rts.held_routes"
+# When the middleware took the call (time.perf_counter()).
+STARTED = "rts.started"
 PREFIX_LENGTH = len(INFER_PREFIX)
 # Answers up to this size (with a Content-Length) are read whole and sent in
 # one write; larger ones are streamed.
@@ -131,17 +130,14 @@ async def hygiene(
 ) -> web.StreamResponse:
     """Around every request: a request id, HTTP/1.x only, a cap on the headers'
     total size, and JSON for the errors aiohttp itself raises (404, 405, …)."""
-    request_id = request.headers.get("X-Request-Id", "")
-    if not REQUEST_ID_RE.fullmatch(request_id):
-        request_id = f"{REQUEST_ID_PREFIX}{next(REQUEST_ID_COUNTER):012x}"
-    REQUEST_ID.set(request_id)
+    REQUEST_ID.set(request_id_for(request.headers))
     if request.version not in (HttpVersion10, HttpVersion11):
         _answer_in_http11(request)
         return error(505, ErrorCode.VERSION_NOT_SUPPORTED, "Only HTTP/1.0 and HTTP/1.1 are spoken here.")
     limit = request.app[CONFIG].max_header_bytes
     if sum(len(name) + len(value) + 4 for name, value in request.raw_headers) > limit:
         return error(431, ErrorCode.HEADERS_TOO_LARGE, f"The request's headers are larger than {limit} bytes.")
-    started = time.perf_counter()
+    started = request[STARTED] = time.perf_counter()
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -189,13 +185,128 @@ def _protocol_error(
 web_protocol.RequestHandler.handle_error = _protocol_error  # type: ignore[method-assign]
 
 
-def _credentials(request: web.Request) -> tuple[str | None, str | None]:
-    token = request.headers.get("X-Auth-Token")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """An answer the gateway makes itself instead of a model's."""
+
+    status: int
+    code: str
+    message: str
+    retry_after: str = ""
+
+
+def refusal_body(refusal: Refusal, request_id: str) -> bytes:
+    return json.dumps({"error_code": refusal.code, "error_msg": refusal.message, "request_id": request_id}).encode()
+
+
+def refusal_headers(refusal: Refusal, request_id: str) -> list[tuple[str, str]]:
+    headers = [("Content-Type", "application/json"), ("X-Request-Id", request_id)]
+    if refusal.retry_after:
+        headers.append(("Retry-After", refusal.retry_after))
+    return headers
+
+
+class Call:
+    """One prediction call, however it reached the gateway (gateway.server's
+    own connections or aiohttp's): what routing, proxying and counting need."""
+
+    __slots__ = (
+        "app", "method", "service_id", "raw_path", "query", "headers", "remote", "request_id", "body",
+        "started", "authorized_service", "held",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        app: web.Application,
+        method: str,
+        service_id: str,
+        raw_path: str,
+        query: str,
+        headers: CIMultiDict[str] | CIMultiDictProxy[str],
+        remote: str,
+        request_id: str,
+        started: float,
+    ) -> None:
+        self.app = app
+        self.method = method
+        self.service_id = service_id
+        # The path and query exactly as the caller encoded them.
+        self.raw_path = raw_path
+        self.query = query
+        self.headers = headers
+        self.remote = remote
+        self.request_id = request_id
+        self.body = b""
+        self.started = started
+        # The service the call was authorized for (the only service id a metric is labelled with).
+        self.authorized_service = metrics.UNKNOWN_SERVICE
+        # The routes the call holds in flight (routing.InFlight), released when it ends.
+        self.held: list[tuple[int, ...]] = []
+
+
+def request_id_for(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> str:
+    """The caller's X-Request-Id when it looks like an id, else a new one."""
+    request_id = headers.get("X-Request-Id", "")
+    if REQUEST_ID_RE.fullmatch(request_id):
+        return request_id
+    return f"{REQUEST_ID_PREFIX}{next(REQUEST_ID_COUNTER):012x}"
+
+
+class Responder(Protocol):
+    """Where a call's answer goes: whole, or as a head and then pieces."""
+
+    async def send(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes) -> None: ...
+
+    async def start(
+        self, status: int, reason: str, headers: list[tuple[str, str]], content_length: int | None
+    ) -> None: ...
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def end(self) -> None: ...
+
+
+class AiohttpResponder:
+    """A call's answer as the aiohttp response its handler returns."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+
+    async def send(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.response = web.Response(status=status, reason=reason or None, body=body, headers=CIMultiDict(headers))
+
+    async def start(self, status: int, reason: str, headers: list[tuple[str, str]], content_length: int | None) -> None:
+        response = self.response = web.StreamResponse(
+            status=status, reason=reason or None, headers=CIMultiDict(headers)
+        )
+        if content_length is not None:
+            response.content_length = content_length
+        await response.prepare(self.request)
+
+    async def write(self, chunk: bytes) -> None:
+        assert self.response is not None
+        await self.response.write(chunk)
+
+    async def end(self) -> None:
+        assert self.response is not None
+        await self.response.write_eof()
+
+
+async def send_refusal(call: Call, out: Responder, refusal: Refusal) -> int:
+    await out.send(
+        refusal.status, "", refusal_headers(refusal, call.request_id), refusal_body(refusal, call.request_id)
+    )
+    return refusal.status
+
+
+def _credentials(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> tuple[str | None, str | None]:
+    token = headers.get("X-Auth-Token")
     if not token:
-        authorization = request.headers.get("Authorization", "")
+        authorization = headers.get("Authorization", "")
         if authorization[:7].lower() == "bearer ":
             token = authorization[7:].strip()
-    return token or None, request.headers.get("X-Apig-AppCode") or None
+    return token or None, headers.get("X-Apig-AppCode") or None
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
@@ -216,14 +327,14 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _callable_service(request: web.Request) -> ServiceRoute | web.Response:
-    """The service the caller may call now, or the error to answer with."""
-    app = request.app
+def _callable_service(call: Call) -> ServiceRoute | Refusal:
+    """The service the caller may call now, or the refusal to answer with."""
+    app = call.app
     table: RoutingTable = app[TABLE].current
-    service_id = request.match_info["service_id"]
-    token, app_code = _credentials(request)
+    service_id = call.service_id
+    token, app_code = _credentials(call.headers)
     if token is None and app_code is None:
-        return error(
+        return Refusal(
             401,
             ErrorCode.NO_CREDENTIALS,
             "No credentials: send X-Auth-Token, Authorization: Bearer, or X-Apig-AppCode.",
@@ -231,32 +342,33 @@ def _callable_service(request: web.Request) -> ServiceRoute | web.Response:
     token_hash = secret_hash(token) if token is not None else None
     result, service = authorize(table, service_id, token, app_code, time.time(), token_hash)
     if result == AuthResult.UNAUTHENTICATED:
-        return error(401, ErrorCode.BAD_CREDENTIALS, "The credentials are invalid, expired or revoked.")
+        return Refusal(401, ErrorCode.BAD_CREDENTIALS, "The credentials are invalid, expired or revoked.")
     if result == AuthResult.NOT_FOUND or service is None:
-        return error(404, ErrorCode.NOT_FOUND, f"Service {service_id} does not exist.")
+        return Refusal(404, ErrorCode.NOT_FOUND, f"Service {service_id} does not exist.")
     if token_hash is not None and token_hash in table.tokens:
         app[STATS].token_used(token_hash)
-    request[AUTHORIZED_SERVICE] = service.service_id
+    call.authorized_service = service.service_id
     if not service.is_routable:
         label = status_label(service.status)
-        return error(503, ErrorCode.NOT_CALLABLE, f"Service {service_id} is {label}, not Running.")
+        return Refusal(503, ErrorCode.NOT_CALLABLE, f"Service {service_id} is {label}, not Running.")
     return service
 
 
-def _forwarded_headers(request: web.Request) -> list[tuple[str, str]]:
+def _forwarded_headers(call: Call) -> list[tuple[str, str]]:
     """The caller's headers as the model sees them: no hop-by-hop headers (nor
     those the caller names in Connection), no credentials, no claims about the
     client; X-Forwarded-For, X-Forwarded-Proto and X-Request-Id set by the gateway."""
     dropped = NOT_FORWARDED
-    connection = request.headers.get("Connection")
+    caller_headers = call.headers
+    connection = caller_headers.get("Connection")
     if connection:
         dropped = dropped | {name.strip().lower() for name in connection.split(",")}
-    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in dropped]
-    forwarded_for = request.headers.get("X-Forwarded-For")
-    remote = request.remote or ""
+    headers = [(k, v) for k, v in caller_headers.items() if k.lower() not in dropped]
+    forwarded_for = caller_headers.get("X-Forwarded-For")
+    remote = call.remote
     headers.append(("X-Forwarded-For", f"{forwarded_for}, {remote}" if forwarded_for else remote))
-    headers.append(("X-Forwarded-Proto", request.scheme))
-    headers.append(("X-Request-Id", REQUEST_ID.get()))
+    headers.append(("X-Forwarded-Proto", "http"))
+    headers.append(("X-Request-Id", call.request_id))
     return headers
 
 
@@ -269,62 +381,78 @@ def _suspected_upstreams(app: web.Application) -> set[Upstream]:
     return {upstream for upstream, until in suspects.items() if until > now}
 
 
-async def infer(request: web.Request) -> web.StreamResponse:
-    started = time.perf_counter()
-    service = _callable_service(request)
-    if isinstance(service, web.Response):
-        return service
+async def answer_call(call: Call, out: Responder, request: web.Request | None = None) -> int:
+    """Authorize, route and proxy one prediction call; returns the status sent.
+
+    `request` is aiohttp's, for a call that came through it: its body is read
+    here (after the credentials are checked), and only it can be a WebSocket
+    handshake. A call from gateway.server comes with its body read."""
+    service = _callable_service(call)
+    if isinstance(service, Refusal):
+        return await send_refusal(call, out, service)
     # Counted before the first await: a drain that finds no call held against a
     # version knows no call can still reach it.
-    inflight = request.app[TABLE].inflight
-    held = request[HELD_ROUTES] = [inflight.hold(service)]
+    inflight = call.app[TABLE].inflight
+    call.held.append(inflight.hold(service))
     try:
-        return await _call(request, service, started)
+        return await _call(call, service, out, request)
     finally:
-        for config_ids in held:
+        for config_ids in call.held:
             inflight.release(config_ids)
 
 
-async def _call(request: web.Request, service: ServiceRoute, started: float) -> web.StreamResponse:
-    is_upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+async def _call(call: Call, service: ServiceRoute, out: Responder, request: web.Request | None) -> int:
+    is_upgrade = call.headers.get("Upgrade", "").lower() == "websocket"
     if is_upgrade or service.is_websocket:
         if not service.is_websocket:
-            return error(
-                400,
-                ErrorCode.NOT_WEBSOCKET,
-                f"Service {service.service_id} is not a WebSocket service: call it over HTTP.",
+            return await send_refusal(
+                call,
+                out,
+                Refusal(
+                    400,
+                    ErrorCode.NOT_WEBSOCKET,
+                    f"Service {service.service_id} is not a WebSocket service: call it over HTTP.",
+                ),
             )
-        if not is_upgrade:
-            return error(
-                426,
-                ErrorCode.WEBSOCKET_REQUIRED,
-                f"Service {service.service_id} is a WebSocket service: connect with WebSocket (ws:// or wss://).",
+        if not is_upgrade or request is None:
+            return await send_refusal(
+                call,
+                out,
+                Refusal(
+                    426,
+                    ErrorCode.WEBSOCKET_REQUIRED,
+                    f"Service {service.service_id} is a WebSocket service: connect with WebSocket (ws:// or wss://).",
+                ),
             )
-        return await _proxy_websocket(request, service, started)
+        return await _proxy_websocket(request, call, service, out)
     if service.traffic_limit:
-        wait = await request.app[LIMITER].wait_seconds(service.service_id, service.traffic_limit)
+        wait = await call.app[LIMITER].wait_seconds(service.service_id, service.traffic_limit)
         if wait:
-            return _refuse_over_limit(request, service, started)
-    limit = request.app[CONFIG].max_body_bytes
-    body = await _read_body(request, limit)
-    if body is None:
-        return error(413, ErrorCode.BODY_TOO_LARGE, f"The request body is larger than {limit} bytes.")
-    collected = _collection_start(request, service, body, started) if service.collect_percent else None
-    return await _proxy(request, service, body, _forwarded_headers(request), started, collected)
+            return await send_refusal(call, out, _refuse_over_limit(call, service))
+    if request is not None:
+        limit = call.app[CONFIG].max_body_bytes
+        body = await _read_body(request, limit)
+        if body is None:
+            return await send_refusal(
+                call, out, Refusal(413, ErrorCode.BODY_TOO_LARGE, f"The request body is larger than {limit} bytes.")
+            )
+        call.body = body
+    collected = _collection_start(call, service) if service.collect_percent else None
+    return await _proxy(call, service, out, _forwarded_headers(call), collected)
 
 
-def _collection_start(request: web.Request, service: ServiceRoute, body: bytes, started: float) -> CollectedCall | None:
+def _collection_start(call: Call, service: ServiceRoute) -> CollectedCall | None:
     """A record of this call when the service's data collection rule samples it."""
-    collector = request.app[COLLECTOR]
-    if not collector.is_sampled(service.collect_percent, request.app[TABLE].rng):
+    collector = call.app[COLLECTOR]
+    if not collector.is_sampled(service.collect_percent, call.app[TABLE].rng):
         return None
     return CollectedCall(
         service_id=service.service_id,
-        created_at=time.time() - (time.perf_counter() - started),
-        method=request.method,
-        request_id=REQUEST_ID.get(),
-        request_body=body,
-        request_content_type=request.headers.get("Content-Type", ""),
+        created_at=time.time() - (time.perf_counter() - call.started),
+        method=call.method,
+        request_id=call.request_id,
+        request_body=call.body,
+        request_content_type=call.headers.get("Content-Type", ""),
         cap=collector.config.body_max_bytes,
         keeps_request=service.collect_request,
         keeps_response=service.collect_response,
@@ -357,42 +485,38 @@ def _collection_done(
         metrics.COLLECTION_DROPPED.inc()
 
 
-def _refuse_over_limit(request: web.Request, service: ServiceRoute, started: float) -> web.Response:
+def _refuse_over_limit(call: Call, service: ServiceRoute) -> Refusal:
     """A 429 for a call beyond the service's traffic limit, counted as a
     limited (and failed) call of the service."""
     counted = service.counted_version
     if counted is not None:
-        request.app[STATS].record(
-            service.service_id, counted.config_id, (time.perf_counter() - started) * 1000, True, is_limited=True
+        call.app[STATS].record(
+            service.service_id, counted.config_id, (time.perf_counter() - call.started) * 1000, True, is_limited=True
         )
     metrics.LIMITED_CALLS.inc()
-    response = error(
+    return Refusal(
         429,
         ErrorCode.TRAFFIC_LIMITED,
         f"Service {service.service_id} takes at most {service.traffic_limit} calls per second; try again shortly.",
+        retry_after="1",
     )
-    response.headers["Retry-After"] = "1"
-    return response
 
 
 async def _proxy(
-    request: web.Request,
+    call: Call,
     service: ServiceRoute,
-    body: bytes,
+    out: Responder,
     headers: list[tuple[str, str]],
-    started: float,
     collected: CollectedCall | None = None,
-) -> web.StreamResponse:
+) -> int:
     """Send the call to an instance picked by traffic weight and round robin, and relay its answer."""
-    app = request.app
+    app = call.app
+    started = call.started
     service_id = service.service_id
     timeout = app[CONFIG].call_timeout_seconds
-    # The path and query go through exactly as the caller encoded them.
-    rel_url = request.rel_url
-    raw_path = rel_url.raw_path
+    raw_path = call.raw_path
     rest_at = raw_path.find("/", PREFIX_LENGTH)
-    query = rel_url.raw_query_string
-    target_query = "?" + query if query else ""
+    target_query = "?" + call.query if call.query else ""
     suspects = app[SUSPECTS]
     avoid = _suspected_upstreams(app)
     tried: set[Upstream] = set()
@@ -428,16 +552,16 @@ async def _proxy(
                 break
             await asyncio.sleep(retry_delay)
             retry_delay *= 2
-            again = _callable_service(request)  # the table may have moved on meanwhile
-            if isinstance(again, web.Response):
-                return again
-            # The call now holds the fresh route as well (infer releases both).
-            request[HELD_ROUTES].append(app[TABLE].inflight.hold(again))
+            again = _callable_service(call)  # the table may have moved on meanwhile
+            if isinstance(again, Refusal):
+                return await send_refusal(call, out, again)
+            # The call now holds the fresh route as well (answer_call releases both).
+            call.held.append(app[TABLE].inflight.hold(again))
             service, tried, avoid, last_error = again, set(), set(), ""
             continue
         target = (raw_path[rest_at:] if rest_at != -1 else version.predict_path) + target_query
         try:
-            answer = await pool.request(upstream, request.method, target, headers, body, timeout)
+            answer = await pool.request(upstream, call.method, target, headers, call.body, timeout)
         except (upstream_client.ConnectError, upstream_client.Disconnected) as exc:
             metrics.UPSTREAM_ERRORS.labels("connect").inc()
             suspects[upstream] = time.monotonic() + SUSPECT_SECONDS
@@ -449,36 +573,46 @@ async def _proxy(
             stats.record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
             if collected is not None:
                 _collection_done(app, collected, version, 502, started)
-            return error(502, ErrorCode.BAD_UPSTREAM_ANSWER, f"The instance did not answer in HTTP: {exc}")
+            return await send_refusal(
+                call, out, Refusal(502, ErrorCode.BAD_UPSTREAM_ANSWER, f"The instance did not answer in HTTP: {exc}")
+            )
         except TimeoutError:
             metrics.UPSTREAM_ERRORS.labels("timeout").inc()
             stats.record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
             if collected is not None:
                 _collection_done(app, collected, version, 504, started)
-            return error(504, ErrorCode.UPSTREAM_TIMEOUT, f"The model did not answer within {timeout:g} s.")
-        return await _relay(request, answer, stats, service_id, version, started, collected)
+            return await send_refusal(
+                call, out, Refusal(504, ErrorCode.UPSTREAM_TIMEOUT, f"The model did not answer within {timeout:g} s.")
+            )
+        return await _relay(call, answer, out, version, collected)
 
     # A call that reached no model is still a failed call of the service.
     counted = service.counted_version
     if counted is not None:
         stats.record(service_id, counted.config_id, (time.perf_counter() - started) * 1000, True)
     if last_error:
-        return error(502, ErrorCode.CONNECT_FAILED, f"Could not connect to an instance of the service: {last_error}")
-    return error(503, ErrorCode.NO_HEALTHY_INSTANCE, f"Service {service_id} has no healthy instance.")
+        refusal = Refusal(
+            502, ErrorCode.CONNECT_FAILED, f"Could not connect to an instance of the service: {last_error}"
+        )
+    else:
+        refusal = Refusal(503, ErrorCode.NO_HEALTHY_INSTANCE, f"Service {service_id} has no healthy instance.")
+    return await send_refusal(call, out, refusal)
 
 
-async def _proxy_websocket(request: web.Request, service: ServiceRoute, started: float) -> web.StreamResponse:
+async def _proxy_websocket(
+    request: web.Request, call: Call, service: ServiceRoute, out: AiohttpResponder | Responder
+) -> int:
     """Connect to an instance picked as for an HTTP call, then relay messages
     both ways until either side closes. The caller's subprotocols are offered to
     the model, and the one it picks is the caller's answer."""
-    app = request.app
+    app = call.app
     config = app[CONFIG]
     session: aiohttp.ClientSession = app[WS_SESSION]
-    raw_path = request.rel_url.raw_path
+    raw_path = call.raw_path
     rest_at = raw_path.find("/", PREFIX_LENGTH)
-    query = request.rel_url.raw_query_string
+    query = call.query
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-    headers = [(k, v) for k, v in _forwarded_headers(request) if k.lower() not in WEBSOCKET_OWN_HEADERS]
+    headers = [(k, v) for k, v in _forwarded_headers(call) if k.lower() not in WEBSOCKET_OWN_HEADERS]
     tried: set[Upstream] = set()
     last_error = ""
     while True:
@@ -504,12 +638,18 @@ async def _proxy_websocket(request: web.Request, service: ServiceRoute, started:
         break
     if version is None or upstream is None:
         if last_error:
-            return error(502, ErrorCode.CONNECT_FAILED, f"Could not open a WebSocket to an instance: {last_error}")
-        return error(503, ErrorCode.NO_HEALTHY_INSTANCE, f"Service {service.service_id} has no healthy instance.")
+            refusal = Refusal(502, ErrorCode.CONNECT_FAILED, f"Could not open a WebSocket to an instance: {last_error}")
+        else:
+            refusal = Refusal(
+                503, ErrorCode.NO_HEALTHY_INSTANCE, f"Service {service.service_id} has no healthy instance."
+            )
+        return await send_refusal(call, out, refusal)
 
     caller = web.WebSocketResponse(
         protocols=(model.protocol,) if model.protocol else (), max_msg_size=config.max_body_bytes
     )
+    if isinstance(out, AiohttpResponder):
+        out.response = caller
     is_failed = False
     try:
         await caller.prepare(request)
@@ -522,8 +662,8 @@ async def _proxy_websocket(request: web.Request, service: ServiceRoute, started:
     finally:
         await model.close()
         await caller.close()
-        app[STATS].record(service.service_id, version.config_id, (time.perf_counter() - started) * 1000, is_failed)
-    return caller
+        app[STATS].record(service.service_id, version.config_id, (time.perf_counter() - call.started) * 1000, is_failed)
+    return 101
 
 
 async def _relay_messages(
@@ -543,62 +683,95 @@ async def _relay_messages(
 
 
 async def _relay(
-    request: web.Request,
+    call: Call,
     answer: upstream_client.Response,
-    stats: CallStats,
-    service_id: str,
+    out: Responder,
     version: VersionRoute,
-    started: float,
     collected: CollectedCall | None = None,
-) -> web.StreamResponse:
+) -> int:
     """Send the model's answer back with its status, headers and body unchanged.
 
     A small answer of known length is read whole and sent in one write; any
     other is streamed as it arrives (and an answer to HEAD keeps its length).
     A sampled call's record keeps the answer's first bytes as they pass.
     """
+    started = call.started
     status = sent_status = answer.status
     is_failed = status >= 400
-    headers = CIMultiDict((key, value) for key, value in answer.headers if key.lower() not in HOP_BY_HOP)
-    headers["X-Request-Id"] = REQUEST_ID.get()
+    headers = [(key, value) for key, value in answer.headers if key.lower() not in HOP_BY_HOP]
+    headers.append(("X-Request-Id", call.request_id))
     length = answer.content_length
     try:
-        if length is not None and length <= BUFFERED_RESPONSE_BYTES and request.method != "HEAD":
+        if length is not None and length <= BUFFERED_RESPONSE_BYTES and call.method != "HEAD":
             try:
                 body = await answer.read()
             except TimeoutError:
                 is_failed = True
                 sent_status = 504
-                timeout = request.app[CONFIG].call_timeout_seconds
-                return error(504, ErrorCode.UPSTREAM_TIMEOUT, f"The model did not answer within {timeout:g} s.")
+                timeout = call.app[CONFIG].call_timeout_seconds
+                return await send_refusal(
+                    call,
+                    out,
+                    Refusal(504, ErrorCode.UPSTREAM_TIMEOUT, f"The model did not answer within {timeout:g} s."),
+                )
             except upstream_client.UpstreamError as exc:
                 is_failed = True
                 sent_status = 502
-                return error(
-                    502, ErrorCode.BAD_UPSTREAM_ANSWER, f"The connection to the instance broke during the answer: {exc}"
+                return await send_refusal(
+                    call,
+                    out,
+                    Refusal(
+                        502,
+                        ErrorCode.BAD_UPSTREAM_ANSWER,
+                        f"The connection to the instance broke during the answer: {exc}",
+                    ),
                 )
             if collected is not None:
                 collected.response_part(body)
-            return web.Response(status=status, reason=answer.reason, body=body, headers=headers)
-        response = web.StreamResponse(status=status, reason=answer.reason, headers=headers)
-        if length is not None:
-            response.content_length = length
-        await response.prepare(request)
+            await out.send(status, answer.reason, headers, body)
+            return status
+        await out.start(status, answer.reason, headers, length)
         async for chunk in answer.iter_chunks():
             if collected is not None:
                 collected.response_part(chunk)
-            await response.write(chunk)
-        await response.write_eof()
-        return response
+            await out.write(chunk)
+        await out.end()
+        return status
     except (upstream_client.UpstreamError, TimeoutError, ConnectionResetError):
         # The headers are out already: all that is left is to cut the connection.
         is_failed = True
         raise
     finally:
         answer.release()
-        stats.record(service_id, version.config_id, (time.perf_counter() - started) * 1000, is_failed)
+        call.app[STATS].record(
+            call.authorized_service, version.config_id, (time.perf_counter() - started) * 1000, is_failed
+        )
         if collected is not None:
-            _collection_done(request.app, collected, version, sent_status, started, answer.headers)
+            _collection_done(call.app, collected, version, sent_status, started, answer.headers)
+
+
+async def infer(request: web.Request) -> web.StreamResponse:
+    """A prediction call that came through aiohttp (gateway.server takes the
+    plain ones itself): chunked or oversized bodies, HTTP/1.0, WebSocket."""
+    raw_path = request.rel_url.raw_path
+    call = Call(
+        request.app,
+        request.method,
+        request.match_info["service_id"],
+        raw_path,
+        request.rel_url.raw_query_string,
+        request.headers,
+        request.remote or "",
+        REQUEST_ID.get(),
+        request.get(STARTED, time.perf_counter()),
+    )
+    out = AiohttpResponder(request)
+    try:
+        await answer_call(call, out, request)
+    finally:
+        request[AUTHORIZED_SERVICE] = call.authorized_service
+    assert out.response is not None
+    return out.response
 
 
 async def health(request: web.Request) -> web.Response:
@@ -775,25 +948,3 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     if uvloop is not None:
         return uvloop.new_event_loop()
     return asyncio.new_event_loop()
-
-
-def serve(config: GatewayConfig) -> None:
-    """Run one gateway process; several share the port through SO_REUSEPORT."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s gateway[%(process)d]: %(message)s")
-    loop = new_event_loop()
-    log.info("event loop: %s", type(loop).__module__)
-    web.run_app(
-        create_app(config), host=config.host, port=config.port, reuse_port=True, access_log=None, print=None, loop=loop
-    )
-
-
-def serve_child(config: GatewayConfig, parent_pid: int) -> None:
-    """One process of a multi-process gateway: it ends with its parent, even a killed one."""
-    try:
-        # PR_SET_PDEATHSIG (Linux): the kernel sends SIGTERM when the parent dies.
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:
-        return
-    serve(config)

@@ -126,6 +126,7 @@ def test_no_module_imports_another_modules_private_names():
         ("services.choices", ("django", "aiohttp", "gateway", "celery")),
         ("common.env", ("django", "celery")),
         ("gateway.app", ("django", "celery", "console")),
+        ("gateway.server", ("django", "celery", "console")),
         ("gateway.routing", ("django", "celery", "console")),
         ("gateway.store", ("django", "celery", "console")),
         ("gateway.keeper", ("django", "celery", "console")),
