@@ -29,7 +29,7 @@ except ImportError:  # optional: the gateway works on asyncio's own loop
 
 from gateway import metrics, store
 from gateway import upstream as upstream_client
-from gateway.collect import CollectedCall, CollectionConfig, Collector
+from gateway.collect import CollectionConfig, Collector, ResponseSample
 from gateway.config import DatabaseConfig, GatewayConfig
 from gateway.keeper import TableHolder, TableKeeper
 from gateway.limits import TrafficLimiter
@@ -70,8 +70,6 @@ PREFIX_LENGTH = len(INFER_PREFIX)
 # Answers up to this size (with a Content-Length) are read whole and sent in
 # one write; larger ones are streamed.
 BUFFERED_RESPONSE_BYTES = 256 * 1024
-# Collected calls per INSERT of the flush (see _flush_collected).
-COLLECTED_FLUSH_CHUNK = 200
 # An instance that refused a connection is skipped for this long, unless a
 # reload of the table lists it under a new port first.
 SUSPECT_SECONDS = 2.0
@@ -437,48 +435,45 @@ async def _call(call: Call, service: ServiceRoute, out: Responder, request: web.
                 call, out, Refusal(413, ErrorCode.BODY_TOO_LARGE, f"The request body is larger than {limit} bytes.")
             )
         call.body = body
-    collected = _collection_start(call, service) if service.collect_percent else None
-    return await _proxy(call, service, out, _forwarded_headers(call), collected)
-
-
-def _collection_start(call: Call, service: ServiceRoute) -> CollectedCall | None:
-    """A record of this call when the service's data collection rule samples it."""
-    collector = call.app[COLLECTOR]
-    if not collector.is_sampled(service.collect_percent, call.app[TABLE].rng):
-        return None
-    return CollectedCall(
-        service_id=service.service_id,
-        created_at=time.time() - (time.perf_counter() - call.started),
-        method=call.method,
-        request_id=call.request_id,
-        request_body=call.body,
-        request_content_type=call.headers.get("Content-Type", ""),
-        cap=collector.config.body_max_bytes,
-        keeps_request=service.collect_request,
-        keeps_response=service.collect_response,
-    )
+    is_sampled = bool(service.collect_percent) and Collector.is_sampled(service.collect_percent, call.app[TABLE].rng)
+    return await _proxy(call, service, out, _forwarded_headers(call), is_sampled)
 
 
 def _collection_done(
-    app: web.Application,
-    collected: CollectedCall,
+    call: Call,
+    service: ServiceRoute,
     version: VersionRoute,
     status: int,
-    started: float,
+    response_body: bytes = b"",
+    response_size: int = 0,
     response_headers: Iterable[tuple[str, str]] = (),
 ) -> None:
     """Queue a sampled call's record for the next flush; a full queue drops it.
     Never raises: collection must not fail a call."""
     try:
-        latency_ms = (time.perf_counter() - started) * 1000
-        collected.finish(
+        now = time.perf_counter()
+        response_content_type = ""
+        for name, value in response_headers:
+            if len(name) == 12 and name.lower() == "content-type":
+                response_content_type = value
+                break
+        is_added = call.app[COLLECTOR].add(
+            service_id=service.service_id,
             config_id=version.config_id,
             version_label=version.label,
+            created_at=time.time() - (now - call.started),
+            request_id=call.request_id,
+            method=call.method,
+            request_body=call.body if service.collect_request else None,
+            request_size=len(call.body),
+            request_content_type=call.headers.get("Content-Type", ""),
             status=status,
-            latency_ms=latency_ms,
-            response_headers=response_headers,
+            latency_ms=(now - call.started) * 1000,
+            response_body=response_body if service.collect_response else None,
+            response_size=response_size,
+            response_content_type=response_content_type,
         )
-        if not app[COLLECTOR].add(collected):
+        if not is_added:
             metrics.COLLECTION_DROPPED.inc()
     except Exception:  # a bug here must cost a record, not the call
         log.exception("data collection of a call failed; the call itself is not affected")
@@ -507,7 +502,7 @@ async def _proxy(
     service: ServiceRoute,
     out: Responder,
     headers: list[tuple[str, str]],
-    collected: CollectedCall | None = None,
+    is_sampled: bool = False,
 ) -> int:
     """Send the call to an instance picked by traffic weight and round robin, and relay its answer."""
     app = call.app
@@ -571,20 +566,20 @@ async def _proxy(
         except upstream_client.BadResponse as exc:
             metrics.UPSTREAM_ERRORS.labels("bad_response").inc()
             stats.record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
-            if collected is not None:
-                _collection_done(app, collected, version, 502, started)
+            if is_sampled:
+                _collection_done(call, service, version, 502)
             return await send_refusal(
                 call, out, Refusal(502, ErrorCode.BAD_UPSTREAM_ANSWER, f"The instance did not answer in HTTP: {exc}")
             )
         except TimeoutError:
             metrics.UPSTREAM_ERRORS.labels("timeout").inc()
             stats.record(service_id, version.config_id, (time.perf_counter() - started) * 1000, True)
-            if collected is not None:
-                _collection_done(app, collected, version, 504, started)
+            if is_sampled:
+                _collection_done(call, service, version, 504)
             return await send_refusal(
                 call, out, Refusal(504, ErrorCode.UPSTREAM_TIMEOUT, f"The model did not answer within {timeout:g} s.")
             )
-        return await _relay(call, answer, out, version, collected)
+        return await _relay(call, answer, out, service, version, is_sampled)
 
     # A call that reached no model is still a failed call of the service.
     counted = service.counted_version
@@ -686,8 +681,9 @@ async def _relay(
     call: Call,
     answer: upstream_client.Response,
     out: Responder,
+    service: ServiceRoute,
     version: VersionRoute,
-    collected: CollectedCall | None = None,
+    is_sampled: bool = False,
 ) -> int:
     """Send the model's answer back with its status, headers and body unchanged.
 
@@ -701,6 +697,8 @@ async def _relay(
     headers = [(key, value) for key, value in answer.headers if key.lower() not in HOP_BY_HOP]
     headers.append(("X-Request-Id", call.request_id))
     length = answer.content_length
+    body = b""
+    sample: ResponseSample | None = None
     try:
         if length is not None and length <= BUFFERED_RESPONSE_BYTES and call.method != "HEAD":
             try:
@@ -726,14 +724,14 @@ async def _relay(
                         f"The connection to the instance broke during the answer: {exc}",
                     ),
                 )
-            if collected is not None:
-                collected.response_part(body)
             await out.send(status, answer.reason, headers, body)
             return status
+        if is_sampled:
+            sample = ResponseSample(call.app[COLLECTOR].config.body_max_bytes)
         await out.start(status, answer.reason, headers, length)
         async for chunk in answer.iter_chunks():
-            if collected is not None:
-                collected.response_part(chunk)
+            if sample is not None:
+                sample.add(chunk)
             await out.write(chunk)
         await out.end()
         return status
@@ -746,8 +744,11 @@ async def _relay(
         call.app[STATS].record(
             call.authorized_service, version.config_id, (time.perf_counter() - started) * 1000, is_failed
         )
-        if collected is not None:
-            _collection_done(call.app, collected, version, sent_status, started, answer.headers)
+        if is_sampled:
+            if sample is not None:
+                body = sample.body()
+            size = sample.size if sample is not None else len(body)
+            _collection_done(call, service, version, sent_status, body, size, answer.headers)
 
 
 async def infer(request: web.Request) -> web.StreamResponse:
@@ -872,30 +873,26 @@ async def _flush_once(app: web.Application, conn_holder: dict[str, psycopg.Async
 async def _flush_collected(
     app: web.Application,
     conn: psycopg.AsyncConnection[Any],
-    records: list[CollectedCall],
+    rows: list[bytes],
     conn_holder: dict[str, psycopg.AsyncConnection[Any] | None],
 ) -> None:
-    """Store collected calls after the counts, in statements of their own (a
-    failure here never sends the counts twice), COLLECTED_FLUSH_CHUNK at a time:
-    encoding records holds the event loop (a few µs each), so a chunk holds it
-    about a millisecond, never a busy second's records at once."""
-    for start in range(0, len(records), COLLECTED_FLUSH_CHUNK):
-        chunk = records[start : start + COLLECTED_FLUSH_CHUNK]
-        try:
-            await store.insert_collected_records(conn, [record.row() for record in chunk])
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
-            # Trying the same rows again would fail the same way, every second.
-            log.warning("could not store %d collected calls; they are dropped: %s", len(chunk), exc)
-            metrics.COLLECTION_DROPPED.inc(len(chunk))
-        except (psycopg.Error, OSError) as exc:
-            log.warning("collected calls not stored, keeping them for the next flush: %s", exc)
-            conn_holder["conn"] = None
-            _collected_put_back(app, records[start:])
-            return
+    """Store collected calls after the counts, in a statement of their own (a
+    failure here never sends the counts twice). The rows were encoded as their
+    calls ended, so this only sends them."""
+    try:
+        await store.insert_collected_records(conn, rows)
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        # Trying the same rows again would fail the same way, every second.
+        log.warning("could not store %d collected calls; they are dropped: %s", len(rows), exc)
+        metrics.COLLECTION_DROPPED.inc(len(rows))
+    except (psycopg.Error, OSError) as exc:
+        log.warning("collected calls not stored, keeping them for the next flush: %s", exc)
+        conn_holder["conn"] = None
+        _collected_put_back(app, rows)
 
 
-def _collected_put_back(app: web.Application, records: list[CollectedCall]) -> None:
-    dropped = app[COLLECTOR].put_back(records)
+def _collected_put_back(app: web.Application, rows: list[bytes]) -> None:
+    dropped = app[COLLECTOR].put_back(rows)
     if dropped:
         metrics.COLLECTION_DROPPED.inc(dropped)
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import struct
 import uuid
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from common.env import env_int
 
-# A record's own size beyond its bodies, roughly, for the queue's byte bound.
-RECORD_OVERHEAD_BYTES = 300
+# What a queued record costs beyond its encoded bytes (the bytes object), for the queue's byte bound.
+RECORD_OVERHEAD_BYTES = 40
 CONTENT_TYPE_MAX_CHARS = 200
 METHOD_MAX_CHARS = 16
 
@@ -38,172 +39,231 @@ class CollectionConfig:
     def from_env(cls) -> CollectionConfig:
         return cls(
             body_max_bytes=env_int("DATA_COLLECTION_BODY_MAX_BYTES", 64 * 1024),
-            queue_max_records=env_int("DATA_COLLECTION_QUEUE_MAX_RECORDS", 20_000),
+            queue_max_records=env_int("DATA_COLLECTION_QUEUE_MAX_RECORDS", 100_000),
             queue_max_bytes=env_int("DATA_COLLECTION_QUEUE_MAX_BYTES", 32 * 1024 * 1024),
         )
 
 
-def _text(value: str, limit: int) -> str:
-    # PostgreSQL text holds no NUL, and a model's header may carry one: one bad
-    # record must not make the whole batch fail.
-    return value[:limit].replace("\x00", "")
+# PostgreSQL's binary COPY format (gateway/store.py COLLECTED_COLUMNS, in
+# order). A record is encoded once, when its call ends, into one bytes object:
+# the queue then holds no Python objects per record beyond it (holding a
+# second's records as objects cost the gateway more than encoding them), and
+# the flush sends the queue as it is.
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+COPY_TRAILER = b"\xff\xff"
+FIELD_COUNT = 16
+NULL_FIELD = b"\xff\xff\xff\xff"
+# Field count, service (uuid), configuration (int8).
+_pack_start = struct.Struct("!hi16siq").pack
+# created_at (timestamptz: µs since 2000-01-01 UTC).
+_pack_int8 = struct.Struct("!iq").pack
+# status_code (int2), latency_ms (float8).
+_pack_status_latency = struct.Struct("!ihid").pack
+_pack_bool = struct.Struct("!i?").pack
+_pack_length = struct.Struct("!i").pack
+POSTGRES_EPOCH = 946_684_800  # 2000-01-01 in UNIX time
 
 
-class CollectedCall:
-    """One sampled call while it is under way, then its record.
+def _text_field(value: str) -> bytes:
+    # Valid UTF-8 whatever the caller or model sent (a lone surrogate from an
+    # undecodable header byte becomes "?"), and no NUL: one bad record must
+    # not make PostgreSQL refuse the whole flush.
+    data = value.encode("utf-8", "replace")
+    if b"\x00" in data:
+        data = data.replace(b"\x00", b"")
+    return _pack_length(len(data)) + data
 
-    Holds at most `cap` bytes of each body: the request's first bytes when the
-    rule keeps requests, the response's first bytes as they pass when it keeps
-    responses. Sizes count every byte, kept or not."""
 
-    __slots__ = (
-        "service_id",
-        "created_at",
-        "method",
-        "request_id",
-        "request_body",
-        "request_size",
-        "request_content_type",
-        "cap",
-        "keeps_response",
-        "response_parts",
-        "response_body",
-        "response_kept",
-        "response_size",
-        "config_id",
-        "version_label",
-        "status",
-        "latency_ms",
-        "response_content_type",
+# Labels, methods and content types repeat from call to call: encoded once each.
+_REPEATED_FIELDS: dict[str, bytes] = {}
+REPEATED_FIELDS_KEPT = 4096
+
+
+def _repeated_text_field(value: str) -> bytes:
+    field = _REPEATED_FIELDS.get(value)
+    if field is None:
+        if len(_REPEATED_FIELDS) >= REPEATED_FIELDS_KEPT:
+            _REPEATED_FIELDS.clear()
+        field = _REPEATED_FIELDS[value] = _text_field(value)
+    return field
+
+
+def _bytea_field(value: bytes | None) -> bytes:
+    return NULL_FIELD if value is None else _pack_length(len(value)) + value
+
+
+def encode_row(
+    service_id: uuid.UUID,
+    config_id: int,
+    version_label: str,
+    created_at: float,
+    request_id: str,
+    method: str,
+    status: int,
+    latency_ms: float,
+    request_body: bytes | None,
+    request_size: int,
+    request_content_type: str,
+    request_truncated: bool,
+    response_body: bytes | None,
+    response_size: int,
+    response_content_type: str,
+    response_truncated: bool,
+) -> bytes:
+    """One record as a row of PostgreSQL's binary COPY (created_at in UNIX time)."""
+    return b"".join(
+        (
+            _pack_start(FIELD_COUNT, 16, service_id.bytes, 8, config_id),
+            _repeated_text_field(version_label),
+            _pack_int8(8, round((created_at - POSTGRES_EPOCH) * 1_000_000)),
+            _text_field(request_id),
+            _repeated_text_field(method),
+            _pack_status_latency(2, status, 8, latency_ms),
+            _bytea_field(request_body),
+            _pack_int8(8, request_size),
+            _repeated_text_field(request_content_type),
+            _pack_bool(1, request_truncated),
+            _bytea_field(response_body),
+            _pack_int8(8, response_size),
+            _repeated_text_field(response_content_type),
+            _pack_bool(1, response_truncated),
+        )
     )
 
-    def __init__(
-        self,
-        *,
-        service_id: str,
-        created_at: float,
-        method: str,
-        request_id: str,
-        request_body: bytes,
-        request_content_type: str,
-        cap: int,
-        keeps_request: bool,
-        keeps_response: bool,
-    ) -> None:
-        self.service_id = service_id
-        self.created_at = float(created_at)
-        self.method = method[:METHOD_MAX_CHARS]
-        self.request_id = request_id
-        # Slicing a body no longer than the cap gives the same object: no copy.
-        self.request_body: bytes | None = request_body[:cap] if keeps_request else None
-        self.request_size = len(request_body)
-        self.request_content_type = _text(request_content_type, CONTENT_TYPE_MAX_CHARS)
+
+def encode_row_values(row: Sequence[object]) -> bytes:
+    """encode_row of a row in gateway/store.py COLLECTED_COLUMNS' order, with a uuid.UUID and a datetime."""
+    values = list(row)
+    created_at = values[3]
+    assert isinstance(created_at, dt.datetime)
+    values[3] = created_at.timestamp()
+    return encode_row(*values)  # type: ignore[arg-type]
+
+
+class ResponseSample:
+    """A streamed answer's first bytes, up to the cap, as they pass, and its whole size."""
+
+    __slots__ = ("cap", "parts", "kept", "size")
+
+    def __init__(self, cap: int) -> None:
         self.cap = cap
-        self.keeps_response = keeps_response
-        self.response_parts: list[bytes] = []
-        self.response_body: bytes | None = None
-        self.response_kept = 0
-        self.response_size = 0
-        self.config_id = 0
-        self.version_label = ""
-        self.status = 0
-        self.latency_ms = 0.0
-        self.response_content_type = ""
+        self.parts: list[bytes] = []
+        self.kept = 0
+        self.size = 0
 
-    def response_part(self, chunk: bytes) -> None:
-        """A piece of the answer as it passes; only what fits under the cap is kept."""
-        self.response_size += len(chunk)
-        room = self.cap - self.response_kept
-        if self.keeps_response and room > 0:
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        room = self.cap - self.kept
+        if room > 0:
             part = chunk if len(chunk) <= room else chunk[:room]
-            self.response_parts.append(part)
-            self.response_kept += len(part)
+            self.parts.append(part)
+            self.kept += len(part)
 
-    def finish(
-        self,
-        *,
-        config_id: int,
-        version_label: str,
-        status: int,
-        latency_ms: float,
-        response_headers: Iterable[tuple[str, str]],
-    ) -> None:
-        self.config_id = config_id
-        self.version_label = version_label
-        self.status = status
-        # A float always: a column's values are sent as one typed array.
-        self.latency_ms = float(latency_ms)
-        if self.keeps_response:
-            self.response_body = b"".join(self.response_parts)
-        self.response_parts = []
-        for name, value in response_headers:
-            if name.lower() == "content-type":
-                self.response_content_type = _text(value, CONTENT_TYPE_MAX_CHARS)
-                break
-
-    @property
-    def nbytes(self) -> int:
-        return RECORD_OVERHEAD_BYTES + len(self.request_body or b"") + self.response_kept
-
-    def row(self) -> tuple[object, ...]:
-        """The finished record as gateway/store.py insert_collected_records takes it
-        (its COLLECTED_COLUMNS, in order)."""
-        return (
-            uuid.UUID(self.service_id),
-            self.config_id,
-            self.version_label,
-            dt.datetime.fromtimestamp(self.created_at, dt.UTC),
-            self.request_id,
-            self.method,
-            self.status,
-            self.latency_ms,
-            self.request_body,
-            self.request_size,
-            self.request_content_type,
-            self.request_size > len(self.request_body) if self.request_body is not None else False,
-            self.response_body,
-            self.response_size,
-            self.response_content_type,
-            self.response_size > self.response_kept if self.keeps_response else False,
-        )
+    def body(self) -> bytes:
+        return b"".join(self.parts)
 
 
 class Collector:
-    """The records of one gateway process waiting for the flush, within bounds."""
+    """The records of one gateway process waiting for the flush, within
+    bounds, each as its binary COPY row."""
+
+    # Service ids parsed to UUIDs, kept until this many.
+    SERVICE_IDS_KEPT = 10_000
 
     def __init__(self, config: CollectionConfig) -> None:
         self.config = config
-        self._records: list[CollectedCall] = []
+        self._rows: list[bytes] = []
         self._bytes = 0
+        self._service_uuids: dict[str, uuid.UUID] = {}
 
     @staticmethod
     def is_sampled(percent: int, rng: random.Random) -> bool:
         """Whether to keep this call, for a rule keeping `percent` % of calls (0: off)."""
         return percent >= 100 or (percent > 0 and rng.random() * 100 < percent)
 
-    def add(self, record: CollectedCall) -> bool:
-        """Queue a finished record; False (dropped) when the queue is full."""
-        size = record.nbytes
+    def add(
+        self,
+        *,
+        service_id: str,
+        config_id: int,
+        version_label: str,
+        created_at: float,
+        request_id: str,
+        method: str,
+        request_body: bytes | None,
+        request_size: int,
+        request_content_type: str,
+        status: int,
+        latency_ms: float,
+        response_body: bytes | None,
+        response_size: int,
+        response_content_type: str,
+    ) -> bool:
+        """Queue the record of a finished call; False (dropped) when the queue is full.
+
+        A body not kept is None; a kept one is cut at the cap here, and the
+        sizes are the whole bodies' (a kept body shorter than its size was cut)."""
         config = self.config
-        if len(self._records) >= config.queue_max_records or self._bytes + size > config.queue_max_bytes:
+        if len(self._rows) >= config.queue_max_records:
             return False
-        self._records.append(record)
-        self._bytes += size
+        cap = config.body_max_bytes
+        if request_body is not None and len(request_body) > cap:
+            request_body = request_body[:cap]
+        if response_body is not None and len(response_body) > cap:
+            response_body = response_body[:cap]
+        row = encode_row(
+            self._service_uuid(service_id),
+            config_id,
+            version_label,
+            created_at,
+            request_id,
+            method[:METHOD_MAX_CHARS],
+            status,
+            latency_ms,
+            request_body,
+            request_size,
+            request_content_type[:CONTENT_TYPE_MAX_CHARS],
+            request_body is not None and request_size > len(request_body),
+            response_body,
+            response_size,
+            response_content_type[:CONTENT_TYPE_MAX_CHARS],
+            response_body is not None and response_size > len(response_body),
+        )
+        if self._bytes + RECORD_OVERHEAD_BYTES + len(row) > config.queue_max_bytes:
+            return False
+        self._queue(row)
         return True
 
-    def take(self) -> list[CollectedCall]:
-        records, self._records, self._bytes = self._records, [], 0
-        return records
+    def _service_uuid(self, service_id: str) -> uuid.UUID:
+        known = self._service_uuids.get(service_id)
+        if known is None:
+            if len(self._service_uuids) >= self.SERVICE_IDS_KEPT:
+                self._service_uuids.clear()
+            known = self._service_uuids[service_id] = uuid.UUID(service_id)
+        return known
 
-    def put_back(self, records: list[CollectedCall]) -> int:
-        """Return records whose flush failed, oldest first, as far as the bounds
+    def _queue(self, row: bytes) -> None:
+        self._rows.append(row)
+        self._bytes += RECORD_OVERHEAD_BYTES + len(row)
+
+    def take(self) -> list[bytes]:
+        """The queued rows, oldest first; the queue starts again empty."""
+        rows, self._rows, self._bytes = self._rows, [], 0
+        return rows
+
+    def put_back(self, rows: list[bytes]) -> int:
+        """Return rows whose flush failed, oldest first, as far as the bounds
         allow; the number dropped."""
-        kept, self._records, self._bytes = self._records, [], 0
+        kept, self._rows, self._bytes = self._rows, [], 0
+        config = self.config
         dropped = 0
-        for record in [*records, *kept]:
-            if not self.add(record):
+        for row in [*rows, *kept]:
+            size = RECORD_OVERHEAD_BYTES + len(row)
+            if len(self._rows) >= config.queue_max_records or self._bytes + size > config.queue_max_bytes:
                 dropped += 1
+            else:
+                self._queue(row)
         return dropped
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._rows)

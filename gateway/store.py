@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 
+from gateway.collect import COPY_SIGNATURE, COPY_TRAILER
 from gateway.routing import RoutingTable, TableBuilder
 
 # Then three columns of the data collection rule (services.models.DataCollectionRule,
@@ -205,11 +206,9 @@ async def touch_tokens(conn: psycopg.AsyncConnection[Any], token_hashes: set[str
         )
 
 
-async def insert_collected_records(conn: psycopg.AsyncConnection[Any], rows: Sequence[Sequence[Any]]) -> None:
-    """Store collected calls in one COPY (one transaction): rows as
-    gateway.collect.CollectedCall.row() makes them."""
+async def insert_collected_records(conn: psycopg.AsyncConnection[Any], rows: Sequence[bytes]) -> None:
+    """Store collected calls in one COPY (one transaction): rows encoded by
+    gateway.collect (encode_row), sent as they are."""
     if rows:
         async with conn.cursor().copy(COLLECTED_COPY_SQL) as copy:
-            copy.set_types([kind for _, kind in COLLECTED_COLUMNS])
-            for row in rows:
-                await copy.write_row(row)
+            await copy.write(COPY_SIGNATURE + b"".join(rows) + COPY_TRAILER)

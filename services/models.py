@@ -4,6 +4,7 @@ import uuid
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
 from django.utils import timezone
 
@@ -437,16 +438,18 @@ class DataCollectionRecord(models.Model):
     service = models.ForeignKey(
         Service, on_delete=models.CASCADE, related_name="collected_records", db_index=False, db_constraint=False
     )
-    # The version that answered; the label stays when the version leaves the
-    # service. No database constraint: the gateway's insert must never make an
-    # update that removes a version fail at commit (a call of the old version
-    # may be flushed just then); a record is read by its `version` label.
+    # The configuration that answered, which may be gone since: a record is
+    # read by its `version` label. No database constraint (the gateway's insert
+    # must never make an update that removes a version fail at commit) and no
+    # index (each one cost every collected call's insert; nothing looks records
+    # up by configuration, and removing one leaves its records as they are).
     config = models.ForeignKey(
         ServiceVersionConfig,
-        on_delete=models.SET_NULL,
+        on_delete=models.DO_NOTHING,
         null=True,
         blank=True,
         db_constraint=False,
+        db_index=False,
         related_name="collected_records",
     )
     version = models.CharField(max_length=32)
@@ -468,9 +471,11 @@ class DataCollectionRecord(models.Model):
     class Meta:
         ordering = ["-id"]
         indexes = [
-            # Newest first per service (the tab, the export, the purge by count) and by age (the purge by days).
+            # Newest first per service (the tab, the export, the purge by count).
             models.Index(fields=["service", "id"], name="collected_service_id"),
-            models.Index(fields=["service", "created_at"], name="collected_service_created"),
+            # By age (the purge by days): records arrive in time order, so a
+            # BRIN index finds the old ones at a fraction of a B-tree's cost per insert.
+            BrinIndex(fields=["created_at"], name="collected_created_brin"),
         ]
 
     def __str__(self) -> str:

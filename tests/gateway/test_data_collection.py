@@ -25,7 +25,14 @@ from django.urls import reverse
 from access.actions import access_token_create
 from gateway import app as gateway_app
 from gateway import metrics, store
-from gateway.collect import CollectedCall, CollectionConfig, Collector
+from gateway.collect import (
+    COPY_SIGNATURE,
+    COPY_TRAILER,
+    RECORD_OVERHEAD_BYTES,
+    CollectionConfig,
+    Collector,
+    ResponseSample,
+)
 from gateway.routing import services_from_rows
 from gateway.store import SERVICES_BY_ID_SQL
 from services.actions import collection_rule_set
@@ -255,58 +262,101 @@ def test_routing_rows_carry_the_rule_and_older_shorter_rows_still_parse():
     assert old_row.collect_percent == 0
 
 
-def call(cap: int = 10, *, body: bytes = b"", keeps_request: bool = True, keeps_response: bool = True) -> CollectedCall:
-    return CollectedCall(
+def record(collector: Collector, *, body: bytes = b"", answer: bytes | None = b"", keeps_request: bool = True) -> bool:
+    return collector.add(
         service_id=SVC,
-        created_at=1_700_000_000.0,
-        method="POST",
-        request_id="rid-12345678",
-        request_body=body,
-        request_content_type="application/json\x00",
-        cap=cap,
-        keeps_request=keeps_request,
-        keeps_response=keeps_response,
-    )
-
-
-def test_a_streamed_answer_keeps_only_its_first_bytes_up_to_the_cap():
-    record = call(10, body=b"0123456789abcdef")
-    for chunk in (b"abcd", b"efghij", b"klmnop", b"q" * 1000):
-        record.response_part(chunk)
-    # Never more than the cap held, as the answer passes.
-    assert sum(map(len, record.response_parts)) == 10
-    record.finish(
         config_id=7,
         version_label="2.0.1",
+        created_at=1_700_000_000.25,
+        request_id="rid-12345678",
+        method="POST",
+        request_body=body if keeps_request else None,
+        request_size=len(body),
+        request_content_type="application/json\x00",
         status=200,
         latency_ms=1.5,
-        response_headers=[("Content-Type", "text/plain")],
+        response_body=answer,
+        response_size=len(answer or b"") if answer is not None else 6,
+        response_content_type="text/plain",
     )
 
-    assert record.response_kept == 10 and record.response_parts == []
-    row = record.row()
-    assert len(row) == len(store.COLLECTED_COLUMNS)
+
+def copy_rows_read(rows: list[bytes]) -> list[tuple]:
+    """The rows as PostgreSQL reads them: COPY them into a temporary table like
+    the records' and select them back."""
+    columns = ", ".join(name for name, _ in store.COLLECTED_COLUMNS)
+
+    async def round_trip() -> list[tuple]:
+        conn = await store.connect(_test_database_conninfo())
+        try:
+            await conn.execute(
+                "CREATE TEMP TABLE services_datacollectionrecord_copy AS "
+                "SELECT * FROM services_datacollectionrecord WITH NO DATA"
+            )
+            sql = store.COLLECTED_COPY_SQL.replace(
+                "services_datacollectionrecord", "services_datacollectionrecord_copy"
+            )
+            async with conn.cursor().copy(sql) as copy:
+                await copy.write(COPY_SIGNATURE + b"".join(rows) + COPY_TRAILER)
+            cursor = await conn.execute(f"SELECT {columns} FROM services_datacollectionrecord_copy")
+            return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in await cursor.fetchall()]
+        finally:
+            await conn.close()
+
+    return asyncio.run(round_trip())
+
+
+def _test_database_conninfo() -> str:
+    settings_dict = connection.settings_dict
+    return psycopg.conninfo.make_conninfo(
+        dbname=settings_dict["NAME"],
+        user=settings_dict["USER"],
+        password=settings_dict["PASSWORD"] or None,
+        host=settings_dict["HOST"],
+        port=settings_dict["PORT"],
+    )
+
+
+@pytest.mark.django_db
+def test_a_record_is_encoded_as_postgresql_reads_it_with_each_body_cut_at_the_cap():
+    collector = Collector(CollectionConfig(body_max_bytes=10, queue_max_records=10, queue_max_bytes=10**9))
+    assert record(collector, body=b"0123456789abcdef", answer=b"abcdefghij" + b"q" * 1006)
+    assert record(collector, body=b"short", answer=None, keeps_request=False)
+    (first, second) = copy_rows_read(collector.take())
     (service_id, config_id, label, created_at, request_id, method, status, latency, request_body, request_size,
-     request_type, request_cut, response_body, response_size, response_type, response_cut) = row  # fmt: skip
+     request_type, request_cut, response_body, response_size, response_type, response_cut) = first  # fmt: skip
     assert (service_id, config_id, label) == (uuid.UUID(SVC), 7, "2.0.1")
-    assert created_at == dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=dt.UTC)
+    assert created_at == dt.datetime(2023, 11, 14, 22, 13, 20, 250000, tzinfo=dt.UTC)
     assert (request_id, method, status, latency) == ("rid-12345678", "POST", 200, 1.5)
     assert (request_body, request_size, request_cut) == (b"0123456789", 16, True)
     assert request_type == "application/json"  # no NUL reaches PostgreSQL
     assert (response_body, response_size, response_cut, response_type) == (b"abcdefghij", 1016, True, "text/plain")
+    # What a rule does not keep is NULL, and not "cut".
+    assert (second[8], second[9], second[11]) == (None, 5, False)
+    assert (second[12], second[13], second[15]) == (None, 6, False)
 
 
-def test_a_body_under_the_cap_is_kept_without_a_copy_and_what_is_not_kept_is_null():
-    body = b"x" * 10
-    kept = call(10, body=body)
-    assert kept.request_body is body
-    record = call(10, body=body, keeps_request=False, keeps_response=False)
-    record.response_part(b"answer")
-    record.finish(config_id=1, version_label="1.0.0", status=500, latency_ms=0.1, response_headers=[])
-    row = record.row()
-    assert (row[8], row[9], row[11]) == (None, 10, False)
-    assert (row[12], row[13], row[15]) == (None, 6, False)
-    assert record.response_parts == []
+@pytest.mark.django_db
+def test_text_postgresql_would_refuse_is_made_valid_rather_than_fail_the_flush():
+    collector = Collector(CollectionConfig(body_max_bytes=10, queue_max_records=10, queue_max_bytes=10**9))
+    collector.add(
+        service_id=SVC, config_id=1, version_label="1.0.0", created_at=1_700_000_000.0, request_id="rid-12345678",
+        method="POST", request_body=b"", request_size=0,
+        # A header byte aiohttp could not decode arrives as a lone surrogate.
+        request_content_type="text/\udcff\x00plain" + "x" * 300,
+        status=200, latency_ms=1.0, response_body=b"", response_size=0, response_content_type="",
+    )  # fmt: skip
+    (row,) = copy_rows_read(collector.take())
+    assert row[10] == ("text/?plain" + "x" * 300)[:199]
+
+
+def test_a_streamed_answer_keeps_only_its_first_bytes_up_to_the_cap():
+    sample = ResponseSample(10)
+    for chunk in (b"abcd", b"efghij", b"klmnop", b"q" * 1000):
+        sample.add(chunk)
+    # Never more than the cap held, as the answer passes.
+    assert sum(map(len, sample.parts)) == 10
+    assert (sample.body(), sample.size) == (b"abcdefghij", 1016)
 
 
 def test_sampling_keeps_the_rules_share():
@@ -316,17 +366,18 @@ def test_sampling_keeps_the_rules_share():
     assert 2300 <= sum(Collector.is_sampled(25, rng) for _ in range(10_000)) <= 2700
 
 
-def finished(cap: int = 100, size: int = 100) -> CollectedCall:
-    record = call(cap, body=b"r" * size)
-    record.finish(config_id=1, version_label="1.0.0", status=200, latency_ms=1.0, response_headers=[])
-    return record
+def queued(collector: Collector, count: int) -> list[bool]:
+    return [record(collector, body=b"r" * 100) for _ in range(count)]
 
 
 def test_the_queue_drops_records_beyond_its_bounds_rather_than_grow():
     by_count = Collector(CollectionConfig(body_max_bytes=100, queue_max_records=3, queue_max_bytes=10**9))
-    assert [by_count.add(finished()) for _ in range(5)] == [True, True, True, False, False]
-    by_bytes = Collector(CollectionConfig(body_max_bytes=100, queue_max_records=1000, queue_max_bytes=1000))
-    assert [by_bytes.add(finished()) for _ in range(3)] == [True, True, False]  # 400 bytes each
+    assert queued(by_count, 5) == [True, True, True, False, False]
+    one = Collector(CollectionConfig(body_max_bytes=100, queue_max_records=10, queue_max_bytes=10**9))
+    record(one, body=b"r" * 100)
+    size = len(one.take()[0]) + RECORD_OVERHEAD_BYTES
+    by_bytes = Collector(CollectionConfig(body_max_bytes=100, queue_max_records=1000, queue_max_bytes=2 * size + 1))
+    assert queued(by_bytes, 3) == [True, True, False]
     assert len(by_bytes.take()) == 2 and len(by_bytes) == 0
 
 
@@ -334,9 +385,9 @@ def test_a_failed_flush_puts_records_back_within_the_bounds_and_counts_the_rest(
     collector = Collector(CollectionConfig(body_max_bytes=100, queue_max_records=3, queue_max_bytes=10**9))
     app = web.Application()
     app[gateway_app.COLLECTOR] = collector
-    taken = [finished(), finished()]
-    collector.add(finished())
-    collector.add(finished())
+    queued(collector, 2)
+    taken = collector.take()
+    queued(collector, 2)
     before = metrics.COLLECTION_DROPPED._value.get()
 
     async def database_down(conn, rows):
@@ -351,33 +402,15 @@ def test_a_failed_flush_puts_records_back_within_the_bounds_and_counts_the_rest(
     # The two taken go back first; of the two queued since, one fits.
     assert len(collector) == 3
     assert metrics.COLLECTION_DROPPED._value.get() == before + 1
+    assert collector.take()[:2] == taken
 
+    queued(collector, 3)
     rows = collector.take()
     monkeypatch.setattr(store, "insert_collected_records", bad_rows)
     asyncio.run(gateway_app._flush_collected(app, None, rows, holder))
     # Rows the database refuses are not tried again.
     assert len(collector) == 0
     assert metrics.COLLECTION_DROPPED._value.get() == before + 4
-
-
-def test_the_flush_stores_in_chunks_and_puts_back_only_what_was_not_stored(monkeypatch):
-    monkeypatch.setattr(gateway_app, "COLLECTED_FLUSH_CHUNK", 2)
-    collector = Collector(CollectionConfig(body_max_bytes=100, queue_max_records=100, queue_max_bytes=10**9))
-    app = web.Application()
-    app[gateway_app.COLLECTOR] = collector
-    records = [finished() for _ in range(5)]
-    statements: list[int] = []
-
-    async def fails_second(conn, rows):
-        if statements:
-            raise psycopg.OperationalError("the database went away")
-        statements.append(len(rows))
-
-    monkeypatch.setattr(store, "insert_collected_records", fails_second)
-    asyncio.run(gateway_app._flush_collected(app, None, records, {"conn": None}))
-
-    assert statements == [2]
-    assert collector.take() == records[2:]
 
 
 def test_the_console_reads_the_same_cap_as_the_gateway(settings):

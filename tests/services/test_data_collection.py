@@ -20,9 +20,10 @@ from django.utils import timezone
 
 from gateway import store
 from gateway.app import conninfo
+from gateway.collect import encode_row_values
 from gateway.config import DatabaseConfig
 from services.collection import collected_records_purge
-from services.models import DataCollectionRecord, DataCollectionRule, Service, ServiceEvent
+from services.models import DataCollectionRecord, DataCollectionRule, Service, ServiceEvent, ServiceVersionConfig
 from services.selectors import body_for_json, body_preview
 from services.validation import RequestInvalid, parse_collection_rule
 from tests.factories import make_service, make_user
@@ -429,7 +430,9 @@ def test_the_gateways_copy_stores_records_and_the_purge_takes_those_of_a_deleted
     async def copy_in() -> None:
         conn = await store.connect(_test_database_conninfo())
         try:
-            await store.insert_collected_records(conn, [row(kept.id, b'{"a": 1}'), row(deleted_id, b"{}")])
+            await store.insert_collected_records(
+                conn, [encode_row_values(row(kept.id, b'{"a": 1}')), encode_row_values(row(deleted_id, b"{}"))]
+            )
         finally:
             await conn.close()
 
@@ -476,8 +479,12 @@ def test_deleting_a_service_deletes_its_records_and_rule(service):
 
 def test_a_record_keeps_its_version_label_when_the_version_leaves_the_service(service):
     record = add_record(service)
+    config_id = record.config_id
 
     service.configs.all().delete()
 
+    # The record is left as it was (no update of every record of the version):
+    # its configuration's id names one that is gone, and its label stays.
     record.refresh_from_db()
-    assert (record.config_id, record.version) == (None, "1.0.0")
+    assert (record.config_id, record.version) == (config_id, "1.0.0")
+    assert not ServiceVersionConfig.objects.filter(id=config_id).exists()
