@@ -132,6 +132,7 @@ def plain_call(raw: bytearray, head_end: int, max_header_bytes: int, max_body_by
     if not SERVICE_ID_RE.fullmatch(service_id):
         return None
     content_length = 0
+    keep_alive = True
     header_bytes = 0
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in head.headers:
@@ -143,6 +144,9 @@ def plain_call(raw: bytearray, head_end: int, max_header_bytes: int, max_body_by
             if content_length or not value.isdigit():
                 return None  # two lengths, or one llhttp let through: aiohttp decides
             content_length = int(value)
+        elif lower == b"connection" and b"close" in (token.strip().lower() for token in value.split(b",")):
+            # Read here: llhttp's own verdict is reset once a bodiless request is complete.
+            keep_alive = False
         # As aiohttp reads them: UTF-8, undecodable bytes kept as they came.
         headers.add(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
     if header_bytes > max_header_bytes or content_length > max_body_bytes:
@@ -156,7 +160,7 @@ def plain_call(raw: bytearray, head_end: int, max_header_bytes: int, max_body_by
         headers,
         body_start,
         body_start + content_length,
-        parser.should_keep_alive(),
+        keep_alive,
     )
 
 
