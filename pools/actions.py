@@ -204,11 +204,18 @@ def _swarm_quota_check(owner: User, nodes: list[swarm.SwarmNode]) -> None:
         )
 
 
+# Why a node that joined a dedicated pool's swarm later is not used; the
+# reconcile loop keeps this reason on the node until an operator enables it.
+OVER_QUOTA_REASON = "Not used: it joined the swarm after the pool was created and"
+
+
 def swarm_nodes_record(*, pool: ResourcePool, nodes: list[swarm.SwarmNode], now: datetime) -> None:
     """Make the pool's Node rows say what its swarm's manager listed: CPUs,
     memory, address, availability, and whether each node is ready. A node that
     left the swarm stays, unreachable, until an operator removes it (its
-    instances' rows may point at it). Safe to repeat."""
+    instances' rows may point at it). A node that joins a dedicated pool's
+    swarm later takes its owner's quota as an added engine would; when that
+    does not fit, it is recorded disabled, saying why. Safe to repeat."""
     with transaction.atomic():
         known = {node.swarm_node_id: node for node in Node.objects.select_for_update().filter(pool=pool)}
         for listed in nodes:
@@ -224,15 +231,38 @@ def swarm_nodes_record(*, pool: ResourcePool, nodes: list[swarm.SwarmNode], now:
             }
             row = known.pop(listed.node_id, None)
             if row is not None:
+                if not row.is_enabled and row.last_error.startswith(OVER_QUOTA_REASON):
+                    del fields["last_error"]
                 Node.objects.filter(id=row.id).update(**fields)
-            else:
-                Node.objects.create(
-                    pool=pool, name=_swarm_node_name(pool, listed), swarm_node_id=listed.node_id, **fields
-                )
+                continue
+            over_quota = _swarm_node_over_quota(pool, listed)
+            if over_quota:
+                fields["last_error"] = over_quota[:300]
+            Node.objects.create(
+                pool=pool,
+                name=_swarm_node_name(pool, listed),
+                swarm_node_id=listed.node_id,
+                is_enabled=not over_quota,
+                **fields,
+            )
         for gone in known.values():
             Node.objects.filter(id=gone.id).update(
                 is_reachable=False, last_error="the node is no longer in the swarm", checked_at=now
             )
+
+
+def _swarm_node_over_quota(pool: ResourcePool, listed: swarm.SwarmNode) -> str:
+    """Why a newly listed node of a dedicated pool may not take its owner's quota ("" when it may)."""
+    if pool.is_public or pool.owner is None:
+        return ""
+    owner_lock(pool.owner)
+    problems = limits_problems(pool.owner, is_public=False, node_vcpus=listed.cpu_count)
+    if not problems:
+        return ""
+    return (
+        f"{OVER_QUOTA_REASON} its {listed.cpu_count} vCPUs would pass {pool.owner.get_username()}'s quota. "
+        f"{problems[0]} Enable it once there is room."
+    )
 
 
 def swarm_pool_unreachable(*, pool: ResourcePool, reason: str, now: datetime) -> None:
@@ -324,7 +354,16 @@ def node_update(*, node: Node, change: NodeChange) -> Node:
                     ]
                 }
             )
-        Node.objects.filter(id=locked.id).update(is_enabled=change.is_enabled, gpu_count=change.gpu_count)
+        updates: dict[str, object] = {"is_enabled": change.is_enabled, "gpu_count": change.gpu_count}
+        if change.is_enabled and not locked.is_enabled and locked.swarm_node_id and locked.pool.owner is not None:
+            # A Swarm node held back by the quota (swarm_nodes_record) takes it when enabled.
+            owner = locked.pool.owner
+            owner_lock(owner)
+            if problems := limits_problems(owner, is_public=False, node_vcpus=locked.cpu_count):
+                raise RequestInvalid({"is_enabled": [f"{owner.get_username()} is short of quota. {problems[0]}"]})
+            if locked.last_error.startswith(OVER_QUOTA_REASON):
+                updates["last_error"] = ""
+        Node.objects.filter(id=locked.id).update(**updates)
     locked.is_enabled, locked.gpu_count = change.is_enabled, change.gpu_count
     return locked
 

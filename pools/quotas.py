@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models import F, Sum
+from django.db.models import F, QuerySet, Sum
 
 from pools.models import Flavor, Node, UserQuota
 from services.models import Service, ServiceVersionConfig
@@ -70,15 +70,19 @@ def holding_of(user: User) -> Holding:
     public = configs.filter(service__pool__is_public=True).aggregate(
         vcpus=Sum(F("instance_count") * F("flavor__cpus")), gpus=Sum(F("instance_count") * F("flavor__gpus"))
     )
-    nodes = Node.objects.filter(pool__owner=user, pool__is_public=False).aggregate(
-        vcpus=Sum("cpu_count"), gpus=Sum("gpu_count")
-    )
+    nodes = _quota_taking_nodes(user).aggregate(vcpus=Sum("cpu_count"), gpus=Sum("gpu_count"))
     return Holding(
         services=Service.objects.filter(owner=user).count(),
         instances=instances,
         vcpus=Decimal(public["vcpus"] or 0) + Decimal(nodes["vcpus"] or 0),
         gpus=(public["gpus"] or 0) + (nodes["gpus"] or 0),
     )
+
+
+def _quota_taking_nodes(user: User) -> QuerySet[Node]:
+    """The nodes of the user's dedicated pools; a Swarm node held back
+    (disabled, pools.actions.swarm_nodes_record) takes none: it is not used."""
+    return Node.objects.filter(pool__owner=user, pool__is_public=False).exclude(is_enabled=False, swarm_node_id__gt="")
 
 
 def owner_lock(user: User) -> None:
@@ -208,7 +212,7 @@ def quota_page_for(user: User) -> dict[str, object]:
             )
         )
     pools = (
-        Node.objects.filter(pool__owner=user, pool__is_public=False)
+        _quota_taking_nodes(user)
         .values("pool__name")
         .annotate(vcpus=Sum("cpu_count"), gpus=Sum("gpu_count"))
         .order_by("pool__name")

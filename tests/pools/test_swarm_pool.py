@@ -10,6 +10,7 @@ import pytest
 from django.test import Client
 
 from pools.models import Node, PoolKind, ResourcePool, UserQuota
+from pools.quotas import holding_of
 from pools.selectors import pool_list_for
 from services.reconcile import nodes_refresh
 from services.runtime import swarm
@@ -123,3 +124,35 @@ def test_a_dedicated_swarm_pool_takes_its_owners_quota_for_the_swarms_nodes(
     assert response.status_code == 400
     assert f"have {listed.cpu_count} vCPUs; owner is short of quota" in page_of(response)
     assert not ResourcePool.objects.filter(name="swarm-q").exists() and not Node.objects.exists()
+
+
+def test_a_node_that_joins_later_beyond_the_quota_is_held_back_until_enabled_with_room(staff_client, swarm_pool, owner):
+    (listed,) = swarm.swarm_nodes(swarm_pool.manager_url)
+    # The console has not seen the node yet (as when it joins the swarm later),
+    # and the owner's quota has no room for it any more.
+    Node.objects.filter(pool=swarm_pool).delete()
+    quota = UserQuota.objects.create(user=owner, vcpus=listed.cpu_count - 1)
+
+    nodes_refresh()
+
+    (node,) = swarm_pool.nodes.all()
+    assert not node.is_enabled and not node.is_offered
+    assert node.last_error.startswith("Not used: it joined the swarm after the pool was created")
+    assert "vCPU quota exceeded" in node.last_error
+    assert holding_of(owner).vcpus == 0
+    nodes_refresh()  # the reason stays while it is held back
+    node.refresh_from_db()
+    assert not node.is_enabled and "vCPU quota exceeded" in node.last_error
+    assert "vCPU quota exceeded" in page_of(staff_client.get(f"/pools/nodes/{node.id}/edit/"))
+
+    enable = {"is_enabled": "on", "gpu_count": "0"}
+    refused = staff_client.post(f"/pools/nodes/{node.id}/edit/", enable)
+    assert refused.status_code == 400 and "owner is short of quota" in page_of(refused)
+    assert not Node.objects.get(id=node.id).is_enabled
+
+    quota.vcpus = listed.cpu_count
+    quota.save()
+    assert staff_client.post(f"/pools/nodes/{node.id}/edit/", enable).status_code == 302
+    node.refresh_from_db()
+    assert node.is_enabled and node.is_offered and node.last_error == ""
+    assert holding_of(owner).vcpus == listed.cpu_count
