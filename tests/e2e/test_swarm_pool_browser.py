@@ -66,3 +66,34 @@ def test_an_operator_creates_a_swarm_pool_and_a_service_on_it_shows_its_tasks(
         assert f"127.0.0.1:{instance.host_port}" in instances
     page.screenshot(path=str(SCREENSHOTS / "swarm-service.png"), full_page=True)
     swarm.remove_version_service(swarm_manager, f"rts-{service.id}-{service.configs.get().id}")
+
+
+def test_a_node_held_back_by_the_quota_says_why_and_cannot_be_enabled_without_room(
+    live_server, page, owner, flavors, swarm_manager
+):
+    from pools.models import Node, UserQuota
+    from services.reconcile import nodes_refresh
+
+    make_staff("operator")
+    pool = ResourcePool.objects.create(
+        name="swarm-held", kind=PoolKind.SWARM, manager_url=swarm_manager, is_public=False, owner=owner
+    )
+    (listed,) = swarm.swarm_nodes(swarm_manager)
+    UserQuota.objects.create(user=owner, vcpus=listed.cpu_count - 1)
+    nodes_refresh()
+    node = Node.objects.get(pool=pool)
+    assert not node.is_enabled
+
+    log_in_as(page, live_server, "operator")
+    page.goto(f"{live_server.url}/pools/{pool.id}/")
+    row = page.inner_text(f"#node-{node.id}")
+    assert "Disabled" in row and "joined the swarm after the pool was created" in row
+    page.goto(f"{live_server.url}/pools/nodes/{node.id}/edit/")
+    page.check("input[name=is_enabled]")
+    page.click("form.node-form button[type=submit]")
+    page.wait_for_selector(".field.invalid input[name=is_enabled]")
+    assert "owner is short of quota" in page.inner_text("form.node-form")
+    page.screenshot(path=str(SCREENSHOTS / "swarm-node-held.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(SCREENSHOTS / "swarm-node-held-phone.png"), full_page=True)
+    assert not Node.objects.get(id=node.id).is_enabled
