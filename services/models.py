@@ -472,6 +472,8 @@ class DataCollectionRecord(models.Model):
         ordering = ["-id"]
         indexes = [
             # Newest first per service (the tab, the export, the purge by count).
+            # In the database this is the primary key's index (migration 0014):
+            # the key is (service, id), and id alone has no index of its own.
             models.Index(fields=["service", "id"], name="collected_service_id"),
             # By age (the purge by days): records arrive in time order, so a
             # BRIN index finds the old ones at a fraction of a B-tree's cost per insert.
