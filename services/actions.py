@@ -18,6 +18,7 @@ from django.utils import timezone
 from pools.quotas import limits_problems, owner_lock
 from services import tasks
 from services.choices import UPDATABLE_STATUSES, ConfigPhase, ServiceStatus, VersionStatus
+from services.instance_runtime import rolls_over
 from services.models import (
     AIApplication,
     AIApplicationVersion,
@@ -346,6 +347,9 @@ def _live_update_start(
     next_position = (
         ServiceVersionConfig.objects.filter(service=service).order_by("-position").values_list("position", flat=True)
     ).first() or 0
+    # On a Swarm pool, a version whose settings change keeps its Swarm service,
+    # which Swarm's own rolling update moves to the new configuration.
+    replaced = {config.app_version_id: config for config in plan.removed}
     staged = ServiceVersionConfig.objects.bulk_create(
         ServiceVersionConfig(
             service=service,
@@ -356,6 +360,7 @@ def _live_update_start(
             instance_count=row.instance_count,
             envs=row.envs,
             phase=ConfigPhase.STAGED,
+            swarm_service=rolls_over(service, replaced[row.app_version.id]) if row.app_version.id in replaced else "",
         )
         for n, (_, row) in enumerate(plan.new_rows)
     )
@@ -381,7 +386,11 @@ def _live_update_start(
         is_live=True,
         before=before,
         after={"description": service.description, "config": kept + after_rows},
-        plan={"weights": weights, "remove": [config.id for config in plan.removed]},
+        plan={
+            "weights": weights,
+            "remove": [config.id for config in plan.removed],
+            "new": [config.id for config in staged],
+        },
     )
     new_instances = sum(row.instance_count for _, row in plan.new_rows)
     event = f"Update requested{who}: {_rows_text(update.after['config'])}"

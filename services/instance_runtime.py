@@ -24,9 +24,10 @@ from typing import TypeVar
 from django.conf import settings
 from django.db import connections
 
-from pools.models import Node
+from pools.models import Node, PoolKind
 from services import runtime
 from services.models import Instance, Service, ServiceVersionConfig
+from services.placement import container_name_for
 from services.runtime import swarm
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,23 @@ def service_network_spec(service_id: uuid.UUID | str, docker_host: str = "") -> 
 
 
 def swarm_service_name(service_id: uuid.UUID | str, config_id: int) -> str:
-    """The Swarm service of one configuration: its instances' container names without the index."""
+    """The Swarm service a configuration creates: its instances' container names without the index."""
     return f"rts-{service_id}-{config_id}"
+
+
+def config_swarm_name(config: ServiceVersionConfig) -> str:
+    """The Swarm service that runs the configuration's instances: its own, or
+    the one it took over by a rolling update (and keeps for the next one)."""
+    return config.swarm_service or swarm_service_name(config.service_id, config.id)
+
+
+def rolls_over(service: Service, replaced: ServiceVersionConfig) -> str:
+    """The Swarm service a configuration replacing `replaced` (the same
+    version, other settings) takes over by Swarm's own rolling update; "" when
+    the service does not run on a Swarm pool, and the new one gets its own."""
+    if service.pool.kind != PoolKind.SWARM or service.second_pool_id is not None:
+        return ""
+    return config_swarm_name(replaced)
 
 
 def version_service_spec(service: Service, config: ServiceVersionConfig) -> swarm.VersionServiceSpec:
@@ -134,7 +150,7 @@ def version_service_spec(service: Service, config: ServiceVersionConfig) -> swar
     flavor = config.flavor
     pool = service.pool
     return swarm.VersionServiceSpec(
-        name=swarm_service_name(service.id, config.id),
+        name=config_swarm_name(config),
         image=version.image,
         container_port=version.container_port,
         replicas=config.instance_count,
@@ -145,6 +161,7 @@ def version_service_spec(service: Service, config: ServiceVersionConfig) -> swar
         environment={str(k): str(v) for k, v in (config.envs or {}).items()},
         labels=_labels(service.id, config),
         hardening=container_hardening(),
+        health_path=version.health_path,
     )
 
 
@@ -163,7 +180,7 @@ def instance_address(instance: Instance) -> str:
 
 
 def _swarm_name_of(instance: Instance) -> str:
-    return swarm_service_name(instance.service_id, instance.config_id)
+    return config_swarm_name(instance.config)
 
 
 @dataclass(frozen=True)
@@ -174,15 +191,27 @@ class TaskPlace:
     info: runtime.ContainerInfo
 
 
+def task_instance_name(task: swarm.SwarmTask) -> str:
+    """The container name of the instance a task runs: the configuration its
+    labels name, the index its slot gives. During a rolling update a slot has
+    a task of the old configuration and one of the new, each its own instance."""
+    service_id, config_id = task.labels.get(runtime.LABEL_SERVICE), task.labels.get(runtime.LABEL_CONFIG)
+    if task.slot is None:
+        return ""
+    if service_id and config_id and config_id.isdigit():
+        return container_name_for(service_id, int(config_id), task.slot - 1)
+    return f"{task.service_name}-{task.slot - 1}"
+
+
 def swarm_places(pool_id: int, tasks: list[swarm.SwarmTask], names: set[str]) -> dict[str, TaskPlace]:
-    """The task Swarm wants running in each slot of the named Swarm services, by
-    instance container name (`<service name>-<slot - 1>`), from one task list."""
+    """The task Swarm wants running for each instance of the named Swarm
+    services, by instance container name (task_instance_name), from one task list."""
     nodes = {node.swarm_node_id: node for node in Node.objects.filter(pool_id=pool_id).exclude(swarm_node_id="")}
     places: dict[str, TaskPlace] = {}
     for task in tasks:
         if task.service_name not in names or task.slot is None or task.desired_state != "running":
             continue
-        name = f"{task.service_name}-{task.slot - 1}"
+        name = task_instance_name(task)
         if name in places and places[name].info.is_running:
             continue  # the slot's running task wins over one still starting
         info = runtime.ContainerInfo(
@@ -235,7 +264,14 @@ def instances_start(service: Service, instances: list[Instance]) -> list[runtime
         manager_url = on_swarm[0].node.docker_host
         configs = {instance.config_id: instance.config for instance in on_swarm}
         for config in configs.values():
-            swarm.ensure_version_service(manager_url, version_service_spec(service, config))
+            spec = version_service_spec(service, config)
+            if config.swarm_service:
+                # Taken over from the configuration it replaces: Swarm rolls all
+                # of its tasks at once, the old ones staying until their
+                # replacements are healthy. (Started again after a stop, it is created.)
+                swarm.rolling_update_start(manager_url, spec, parallelism=spec.replicas)
+            else:
+                swarm.ensure_version_service(manager_url, spec)
         tasks = swarm.list_managed_tasks(manager_url, settings.CONSOLE_ID)
         places = swarm_places(service.pool_id, tasks, {_swarm_name_of(i) for i in on_swarm})
         for instance in on_swarm:
@@ -282,7 +318,48 @@ def _engines(instances: Iterable[Instance]) -> list[Instance]:
 
 
 def _swarm_services(instances: Iterable[Instance]) -> list[tuple[str, str]]:
-    return sorted({(i.node.docker_host, _swarm_name_of(i)) for i in instances if is_on_swarm(i)})
+    """The Swarm services of the instances' configurations, but for one another
+    configuration of the same service runs in too (a rolling update's old and new)."""
+    on_swarm = [instance for instance in instances if is_on_swarm(instance)]
+    leaving = {instance.config_id for instance in on_swarm}
+    services = {instance.service_id for instance in on_swarm}
+    staying = {
+        config_swarm_name(config)
+        for config in ServiceVersionConfig.objects.filter(service_id__in=services).exclude(id__in=leaving)
+    }
+    return sorted({(i.node.docker_host, _swarm_name_of(i)) for i in on_swarm if _swarm_name_of(i) not in staying})
+
+
+def rolling_update_undo(service: Service, configs: list[ServiceVersionConfig]) -> None:
+    """Put back, by another rolling update, the configuration each of `configs`
+    (new ones that took a Swarm service over) replaced, unless Swarm has
+    rolled back by itself already. Raises EngineError."""
+    for config in configs:
+        if not config.swarm_service:
+            continue
+        replaced = next(
+            (
+                other
+                for other in service.configs.select_related("app_version__application", "flavor").exclude(id=config.id)
+                if config_swarm_name(other) == config.swarm_service
+            ),
+            None,
+        )
+        if replaced is None:
+            continue
+        manager_url = service.pool.manager_url
+        spec = version_service_spec(service, replaced)
+        current = swarm.version_service(manager_url, spec.name)
+        if current is None or current.labels.get(runtime.LABEL_CONFIG) == str(replaced.id):
+            continue
+        swarm.update_version_service(
+            manager_url, spec, monitor_seconds=swarm.ROLLING_UPDATE_MONITOR_SECONDS, parallelism=spec.replicas
+        )
+
+
+def rolling_update_verdict(service: Service, config: ServiceVersionConfig) -> swarm.SwarmServiceInfo | None:
+    """What Swarm says of the rolling update that gave `config` its Swarm service now."""
+    return swarm.version_service(service.pool.manager_url, config_swarm_name(config))
 
 
 # --- Inspect and logs ---------------------------------------------------------------------
@@ -306,16 +383,29 @@ def instance_failure(instance: Instance) -> str:
     if place is not None and place.info.is_running:
         instance_follow(instance, place)
         return ""
-    slot = instance.index + 1
     failed = [
-        task for task in tasks if task.service_name == name and task.slot == slot and task.state in _FAILED_TASK_STATES
+        task
+        for task in tasks
+        if task.service_name == name
+        and task_instance_name(task) == instance.container_name
+        and task.state in _FAILED_TASK_STATES
     ]
+    slot = instance.index + 1
     if len(failed) >= SWARM_FAILED_TASKS_LIMIT:
         last = failed[0]
         why = last.error or last.message or f"exit code {last.exit_code}"
         return f"Swarm task {name}.{slot} failed {len(failed)} times: {why}"
-    if swarm.version_service(manager_url, name) is None:
+    current = swarm.version_service(manager_url, name)
+    if current is None:
         return f"Swarm service {name} disappeared"
+    # A rollback puts the previous spec (and labels) back; a rolling update
+    # sets the new configuration's labels as it starts, so none of its own is mistaken for this.
+    if (
+        instance.config.swarm_service
+        and current.is_rolled_back
+        and current.labels.get(runtime.LABEL_CONFIG) != str(instance.config_id)
+    ):
+        return f"Swarm rolled the update of {name} back: {current.update_message or current.update_state}"
     return ""
 
 

@@ -27,6 +27,7 @@ from pools.models import Node
 from services import runtime
 from services.choices import ConfigPhase, InstanceState, ServiceStatus, VersionStatus
 from services.instance_runtime import (
+    config_swarm_name,
     in_parallel,
     instance_address,
     instance_failure,
@@ -35,6 +36,8 @@ from services.instance_runtime import (
     instances_start,
     instances_stop,
     networks_remove,
+    rolling_update_undo,
+    rolling_update_verdict,
 )
 from services.logs import container_log_excerpt_of
 from services.metrics import DEPLOY_SECONDS
@@ -59,6 +62,12 @@ log = logging.getLogger(__name__)
 # in the server's log, and probing at full speed for minutes would push the
 # server's own start-up lines out of the log tail that a failed deploy reports.
 DEPLOY_POLL_SECONDS = 0.05
+# How long an update waits for Swarm to say whether its rolling update
+# completed (Swarm watches the new tasks for a moment first).
+SWARM_VERDICT_WAIT_SECONDS = 30.0
+# How long a worker waits itself for the new tasks of a Swarm rolling update
+# before the prober takes over.
+SWARM_ROLLING_UPDATE_WAIT_SECONDS = 120.0
 
 
 # --- Leases ------------------------------------------------------------------------
@@ -357,8 +366,10 @@ def _health_wait(
                 raise LeaseLost
             last_renewal = time.monotonic()
         # Asking the engine whether a container exited costs more than a probe:
-        # the fast loop asks every tenth round (about twice a second).
-        inspect = rounds % 10 == 0
+        # the fast loop asks every tenth round (about twice a second). A Swarm
+        # rolling update is asked every other round: that is also how the rows
+        # learn where the new tasks run, while Swarm is stopping the old ones.
+        inspect = rounds % (2 if any(i.config.swarm_service for i in pending) else 10) == 0
         rounds += 1
         results = in_parallel(partial(_probe, inspect=inspect), pending)
         # A failed probe's note is written when the engine was asked too (and the
@@ -596,16 +607,27 @@ def _update_start_staged(service: Service, token: uuid.UUID, staged: list[Servic
     except runtime.EngineError as exc:
         _update_roll_back(service, token, str(exc), "")
         return "rolled back"
+    for config in staged:
+        if config.swarm_service:
+            service_event_add(
+                service.id,
+                f"Swarm rolling update of {config.swarm_service} started: {config.instance_count} new task(s) "
+                "start before the old ones stop, and Swarm rolls back at the first that fails",
+            )
     if not lease_renew(service.id, token, ServiceStatus.UPGRADING):
         return "lease lost"
     _instances_record_started(service, instances, started)
+    # Swarm stops an old task as soon as its replacement passed Swarm's health
+    # check: the worker stays to move the traffic at once (the prober's rounds
+    # would leave the old version's calls waiting on stopped tasks).
+    is_rolling = any(config.swarm_service for config in staged)
     try:
         pending = _health_wait(
             service,
             token,
             instances,
             deploy_deadline(service),
-            settings.DEPLOY_FAST_WAIT_SECONDS,
+            SWARM_ROLLING_UPDATE_WAIT_SECONDS if is_rolling else settings.DEPLOY_FAST_WAIT_SECONDS,
             status=ServiceStatus.UPGRADING,
         )
     except DeployFailed as failure:
@@ -641,6 +663,10 @@ def _update_finish(service: Service, token: uuid.UUID, update: ServiceUpdate | N
     """Wait until no gateway can send a call to a Draining configuration, remove
     its containers and rows, record the outcome and settle the status."""
     draining = list(ServiceVersionConfig.objects.filter(service_id=service.id, phase=ConfigPhase.DRAINING))
+    if draining and update is not None:
+        undone = _swarm_rolled_back_after_cut_over(service, update, draining)
+        if undone:
+            return _update_undo_after_cut_over(service, token, update, undone)
     if draining:
         routing_sync(
             service_id=service.id,
@@ -664,10 +690,116 @@ def _update_finish(service: Service, token: uuid.UUID, update: ServiceUpdate | N
     return "done" if moved else "lease lost"
 
 
+def _swarm_rolled_back_after_cut_over(
+    service: Service, update: ServiceUpdate, draining: list[ServiceVersionConfig]
+) -> str:
+    """Wait for Swarm's verdict on the rolling updates that moved a draining
+    configuration's Swarm service to a new one; Swarm's reason when it rolled
+    one back (a new task failed while it watched it), else ""."""
+    taken_over = {config_swarm_name(config) for config in draining}
+    rolled = [
+        config
+        for config in ServiceVersionConfig.objects.filter(service_id=service.id, phase=ConfigPhase.SERVING)
+        if config.swarm_service and config.swarm_service in taken_over
+    ]
+    deadline = time.monotonic() + SWARM_VERDICT_WAIT_SECONDS
+    for config in rolled:
+        while True:
+            try:
+                verdict = rolling_update_verdict(service, config)
+            except runtime.EngineError as exc:
+                log.warning("no verdict on the Swarm update of %s: %s", config.swarm_service, exc)
+                break
+            if verdict is None or verdict.update_state in ("completed", ""):
+                break
+            if verdict.is_rolled_back:
+                return verdict.update_message or verdict.update_state
+            if time.monotonic() > deadline:
+                log.warning("Swarm update of %s still %s", config.swarm_service, verdict.update_state)
+                break
+            time.sleep(DEPLOY_POLL_SECONDS * 4)
+    return ""
+
+
+def _update_undo_after_cut_over(service: Service, token: uuid.UUID, update: ServiceUpdate, reason: str) -> str:
+    """Swarm put the previous configuration back after the traffic had moved:
+    so does the console (the previous configurations serve again, the new ones
+    drain and go), and the update is recorded as rolled back."""
+    new = {int(config_id) for config_id in update.plan.get("new", [])}
+    before = {row["model_id"]: row["weight"] for row in update.before.get("config", [])}
+    with transaction.atomic():
+        for config in ServiceVersionConfig.objects.select_for_update().filter(service_id=service.id):
+            if config.phase == ConfigPhase.DRAINING:
+                config.weight, config.phase = before.get(config.app_version_id, 0), ConfigPhase.SERVING
+            elif config.id in new:
+                config.weight, config.phase = 0, ConfigPhase.DRAINING
+            else:
+                continue
+            config.save(update_fields=["weight", "phase"])
+        service_event_add(
+            service.id,
+            f"Swarm rolled the update back after the traffic had moved: {reason}; traffic goes back to the "
+            "previous configuration",
+            level=ServiceEvent.Level.ERROR,
+        )
+    restored = list(
+        Instance.objects.filter(service_id=service.id, config__phase=ConfigPhase.SERVING).select_related(
+            "node", "config__app_version__application", "config__flavor"
+        )
+    )
+    try:
+        _health_wait(
+            service,
+            token,
+            restored,
+            timezone.now() + timedelta(seconds=service.timeout_seconds * settings.SERVICE_TIMEOUT_SCALE),
+            settings.DEPLOY_FAST_WAIT_SECONDS,
+            status=ServiceStatus.UPGRADING,
+        )
+    except DeployFailed as failure:
+        log.warning("the restored configuration of %s is not healthy yet: %s", service.id, failure.reason)
+    except LeaseLost:
+        return "lease lost"
+    leaving = list(ServiceVersionConfig.objects.filter(service_id=service.id, phase=ConfigPhase.DRAINING))
+    routing_sync(
+        service_id=service.id,
+        drain_config_ids=[config.id for config in leaving],
+        timeout=settings.UPDATE_DRAIN_TIMEOUT_SECONDS,
+    )
+    containers_remove(list(Instance.objects.filter(config__in=leaving).select_related("node")))
+    ServiceVersionConfig.objects.filter(id__in=[config.id for config in leaving]).delete()
+    ServiceUpdate.objects.filter(id=update.id, outcome=ServiceUpdate.Outcome.IN_PROGRESS).update(
+        outcome=ServiceUpdate.Outcome.ROLLED_BACK,
+        finished_at=timezone.now(),
+        reason=f"Swarm rolled back: {reason}"[:500],
+        after={"description": service.description, "config": service.config_rows()},
+    )
+    moved = _update_settle(
+        service,
+        token,
+        "Update rolled back by Swarm; the service runs its previous configuration",
+        level=ServiceEvent.Level.ERROR,
+    )
+    return "rolled back" if moved else "lease lost"
+
+
 def _update_roll_back(service: Service, token: uuid.UUID, reason: str, detail: str) -> None:
     """Before any traffic moved: remove the staged configurations and their
-    containers; the service runs on as it was."""
-    staged = list(ServiceVersionConfig.objects.filter(service_id=service.id, phase=ConfigPhase.STAGED))
+    containers (a Swarm service one took over by a rolling update goes back to
+    the configuration it ran); the service runs on as it was."""
+    staged = list(
+        ServiceVersionConfig.objects.filter(service_id=service.id, phase=ConfigPhase.STAGED).select_related(
+            "app_version__application", "flavor"
+        )
+    )
+    try:
+        rolling_update_undo(service, staged)
+    except runtime.EngineError as exc:
+        service_event_add(
+            service.id,
+            f"Could not put the previous configuration back on Swarm: {exc}",
+            level=ServiceEvent.Level.WARNING,
+        )
     containers_remove(list(Instance.objects.filter(config__in=staged).select_related("node")))
     ServiceVersionConfig.objects.filter(id__in=[config.id for config in staged]).delete()
     ServiceUpdate.objects.filter(service_id=service.id, outcome=ServiceUpdate.Outcome.IN_PROGRESS).update(

@@ -209,6 +209,10 @@ class ServiceVersionConfig(models.Model):
     instance_count = models.PositiveIntegerField(default=1)
     envs = models.JSONField(default=dict, blank=True)
     phase = models.CharField(max_length=8, choices=ConfigPhase.choices, default=ConfigPhase.SERVING)
+    # On a Swarm pool: the Swarm service that runs its instances when it took
+    # over the one of the configuration it replaced, by Swarm's own rolling
+    # update; "" when it has its own (services.instance_runtime.config_swarm_name).
+    swarm_service = models.CharField(max_length=100, blank=True, default="")
 
     class Meta:
         ordering = ["service", "position"]

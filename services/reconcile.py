@@ -36,6 +36,7 @@ from services.choices import (
 )
 from services.instance_runtime import (
     TaskPlace,
+    config_swarm_name,
     container_spec,
     in_parallel,
     instance_address,
@@ -43,7 +44,6 @@ from services.instance_runtime import (
     is_on_swarm,
     service_network_spec,
     swarm_places,
-    swarm_service_name,
     version_service_spec,
 )
 from services.lifecycle import advisory_lock, ai_application_version_check_image
@@ -237,7 +237,7 @@ def _remove_orphan_swarm_services(view: SwarmView, services: dict[str, Service],
     names. Listed before the rows were read, so a Swarm service a deploy created
     has its rows here."""
     wanted = {
-        swarm_service_name(service.id, instance.config_id)
+        config_swarm_name(instance.config)
         for service in services.values()
         if service.status in SWARM_KEPT_STATUSES
         for instance in service.instances.all()
@@ -345,7 +345,7 @@ def _swarm_instance_converge(service: Service, instance: Instance, view: SwarmVi
     if place is not None and place.info.is_running:
         instance_follow(instance, place)
         return InstanceCheck(is_healthy=_instance_answers(instance), state=InstanceState.RUNNING)
-    name = swarm_service_name(service.id, instance.config_id)
+    name = config_swarm_name(instance.config)
     if name in view.service_names:
         how = f"is {place.info.state}" if place is not None else "has no task"
         return InstanceCheck(

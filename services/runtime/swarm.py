@@ -14,6 +14,7 @@ executable (Swarm mounts it noexec).
 from __future__ import annotations
 
 import copy
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
 
 from services.runtime import (
+    LABEL_CONFIG,
     LABEL_CONSOLE,
     LABEL_MANAGED,
     ContainerHardening,
@@ -43,6 +45,10 @@ HEALTH_INTERVAL_SECONDS = 1
 HEALTH_TIMEOUT_SECONDS = 3
 HEALTH_RETRIES = 3
 HEALTH_START_PERIOD_SECONDS = 30
+
+# How long Swarm watches a new task of a rolling update for a failure (which
+# rolls the update back) before it counts it as updated.
+ROLLING_UPDATE_MONITOR_SECONDS = 2.0
 
 # Every manager call measured answered within 20 ms (docs/swarm-notes.md); one
 # that takes this long is a manager in trouble, reported as not answering.
@@ -90,8 +96,9 @@ class VersionServiceSpec:
     hardening: ContainerHardening = field(default_factory=ContainerHardening)
     restart_delay_seconds: float = 1.0
     # A path answering 200 when the model is ready, e.g. "/health"; None: no
-    # health check, and a task is running as soon as its process started. The
-    # check runs python3 inside the container, so the image must have it.
+    # health check, and a task is running as soon as its process started.
+    # Swarm runs the check inside the container (_health_command says how);
+    # an image with a HEALTHCHECK of its own keeps that one.
     health_path: str | None = None
 
 
@@ -128,6 +135,14 @@ class SwarmServiceInfo:
     # completed, rollback_started, rollback_paused, rollback_completed.
     update_state: str
     update_message: str
+
+    @property
+    def is_rolled_back(self) -> bool:
+        return self.update_state in ("rollback_started", "rollback_paused", "rollback_completed")
+
+    @property
+    def is_updating(self) -> bool:
+        return self.update_state in ("updating", "rollback_started")
 
 
 @contextmanager
@@ -185,30 +200,47 @@ def _node_from(node: dict[str, Any]) -> SwarmNode:
 # --- Services --------------------------------------------------------------------------
 
 
-def _image_reference(api: docker.APIClient, image: str) -> str:
-    """The image's ID when the manager has it: a task of an image named by tag
-    makes its engine ask the registry first, and that can hang where DNS does."""
+def _image_facts(api: docker.APIClient, image: str) -> tuple[str, bool]:
+    """The image's ID when the manager has it (a task of an image named by tag
+    makes its engine ask the registry first, and that can hang where DNS does),
+    and whether the image has a HEALTHCHECK of its own."""
     try:
-        return str(api.inspect_image(image)["Id"])
+        inspected = api.inspect_image(image)
     except ImageNotFound:
-        return image
+        return image, False
+    own_check = ((inspected.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
+    return str(inspected["Id"]), bool(own_check) and own_check[0] != "NONE"
+
+
+def _health_command(port: int, path: str) -> list[str]:
+    """A GET of the health path from inside the container, with whichever of
+    python3, curl and wget the image has; any status but 2xx/3xx fails it. An
+    image with none of them passes at once, as with no check at all (the
+    console's own probe still holds its traffic back until the model answers)."""
+    url = f"http://127.0.0.1:{port}{path}"
+    python = shlex.quote(f"import urllib.request as r; r.urlopen({url!r}, timeout=1)")
+    script = (
+        f"if command -v python3 >/dev/null 2>&1; then exec python3 -c {python}; "
+        f"elif command -v curl >/dev/null 2>&1; then exec curl -fsS -m 1 -o /dev/null {shlex.quote(url)}; "
+        f"elif command -v wget >/dev/null 2>&1; then exec wget -q -T 1 -O /dev/null {shlex.quote(url)}; fi"
+    )
+    return ["CMD-SHELL", script]
 
 
 def _task_template(api: docker.APIClient, spec: VersionServiceSpec) -> docker_types.TaskTemplate:
     hardening = spec.hardening
+    image, has_own_check = _image_facts(api, spec.image)
     healthcheck = None
-    if spec.health_path is not None:
-        url = f"http://127.0.0.1:{spec.container_port}{spec.health_path}"
+    if spec.health_path is not None and not has_own_check:
         healthcheck = docker_types.Healthcheck(
-            # urlopen raises on any status but 2xx/3xx, so the check fails then.
-            test=["CMD", "python3", "-c", f"import urllib.request as r; r.urlopen({url!r}, timeout=1)"],
+            test=_health_command(spec.container_port, spec.health_path),
             interval=HEALTH_INTERVAL_SECONDS * NANOS_PER_SECOND,
             timeout=HEALTH_TIMEOUT_SECONDS * NANOS_PER_SECOND,
             retries=HEALTH_RETRIES,
             start_period=HEALTH_START_PERIOD_SECONDS * NANOS_PER_SECOND,
         )
     container_spec = docker_types.ContainerSpec(
-        image=_image_reference(api, spec.image),
+        image=image,
         env=spec.environment,
         labels=spec.labels,
         init=True,
@@ -372,6 +404,24 @@ def update_version_service(
     if updated is None:
         raise EngineError(f"Swarm service {spec.name} vanished during its update")
     return _service_info(updated)
+
+
+def rolling_update_start(manager_url: str, spec: VersionServiceSpec, *, parallelism: int) -> SwarmServiceInfo:
+    """Start Swarm's rolling update of the existing service spec.name to `spec`,
+    the configuration (its LABEL_CONFIG) that takes the service over from the
+    one it runs now: start-first, `parallelism` tasks at a time, rolled back by
+    Swarm at the first new task that fails.
+
+    Safe to repeat: a service already on spec's configuration is only scaled
+    to spec.replicas, and a missing one (the service was stopped since) is
+    created. (A rollback leaves no trace of the spec it rolled back from, so a
+    repeat after one starts the update again.)"""
+    current = version_service(manager_url, spec.name)
+    if current is None or current.labels.get(LABEL_CONFIG) == spec.labels.get(LABEL_CONFIG):
+        return ensure_version_service(manager_url, spec)
+    return update_version_service(
+        manager_url, spec, monitor_seconds=ROLLING_UPDATE_MONITOR_SECONDS, parallelism=parallelism
+    )
 
 
 def version_service(manager_url: str, name: str) -> SwarmServiceInfo | None:

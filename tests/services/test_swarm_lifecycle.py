@@ -2,14 +2,20 @@
 fixture: an engine of its own, never the main one) and through the session's
 real gateway: deploy to Running with one Swarm service per configuration,
 calls to every task, a killed task replaced by Swarm and followed by the
-console, stop, start, delete, a task that keeps failing, and the reconcile
-loop removing a Swarm service nothing owns."""
+console, stop, start, delete, a task that keeps failing, the reconcile
+loop removing a Swarm service nothing owns, and live updates: a new version as
+a Swarm service of its own, a changed one by Swarm's own rolling update, each
+under a call loop, and their rollbacks."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import threading
 import time
 import uuid
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import docker
 import pytest
@@ -22,7 +28,7 @@ from pools.validation import PoolRequest
 from services import actions
 from services.actions import service_create
 from services.choices import InstanceState, ServiceStatus
-from services.instance_runtime import swarm_service_name
+from services.instance_runtime import config_swarm_name, swarm_service_name
 from services.lifecycle import deploys_probe, service_delete_run, service_deploy_run, service_stop_run
 from services.models import Service, ServiceEvent, ServiceUpdate
 from services.reconcile import reconcile
@@ -236,53 +242,163 @@ def deploy_rows_on_swarm(owner, rows: list[dict]) -> Service:
     return service
 
 
-@pytest.mark.parametrize(
-    ("before", "after", "versions"),
-    [
-        pytest.param(
-            lambda v1, v2: [row(v1)], lambda v1, v2: [row(v1, 50), row(v2, 50)], {"1.0.0", "2.0.0"}, id="add-a-version"
-        ),
-        pytest.param(
-            lambda v1, v2: [row(v1)],
-            lambda v1, v2: [row(v1, envs={"GREETING": "hi"})],
-            {"1.0.0"},
-            id="other-environment-variables",
-        ),
-    ],
-)
-def test_an_update_on_a_swarm_pool_under_a_call_loop_fails_no_call(
-    swarm_pool, swarm_manager, owner, gateway_url, before, after, versions
+def swarm_spec(manager_url: str, name: str) -> dict:
+    client = docker.DockerClient(base_url=manager_url, version="auto")
+    try:
+        return client.api.inspect_service(name)
+    finally:
+        client.close()
+
+
+def test_a_new_version_on_a_swarm_pool_is_a_swarm_service_of_its_own_and_no_call_fails(
+    swarm_pool, swarm_manager, owner, gateway_url
 ):
     v1, v2 = make_version(owner), make_version(owner, "2.0.0", image=DEMO_IMAGE_V2)
     token = access_token_create(owner=owner, name="loop", days=1).secret
-    service = deploy_rows_on_swarm(owner, before(v1, v2))
+    service = deploy_rows_on_swarm(owner, [row(v1)])
     old_names = swarm_service_names(swarm_manager)
     eventually(lambda: CallLoop(gateway_url, str(service.id), token)._call()[0] == 200, message="never routed")
 
     with CallLoop(gateway_url, str(service.id), token) as loop:
-        update, outcomes = update_and_run(service, after(v1, v2), owner)
+        update, outcomes = update_and_run(service, [row(v1, 50), row(v2, 50)], owner)
         after_update = len(loop.results)
         eventually(lambda: len(loop.results) >= after_update + 20, message="the loop stalled after the update")
 
     assert loop.failed == [], f"{len(loop.failed)} of {len(loop.results)} calls failed: {loop.failed[:5]}"
     assert (outcomes[-1], update.outcome) == ("done", ServiceUpdate.Outcome.SUCCEEDED)
     assert Service.objects.get(id=service.id).status == ServiceStatus.RUNNING
-    assert loop.versions_since(after_update) == versions
-    # One Swarm service per configuration it runs now; the replaced one is gone.
-    now = {swarm_service_name(service.id, config.id) for config in service.configs.all()}
+    assert loop.versions_since(after_update) == {"1.0.0", "2.0.0"}
+    now = {config_swarm_name(config) for config in service.configs.all()}
     assert swarm_service_names(swarm_manager) == now
-    assert now != old_names
+    assert old_names < now
+
+
+@pytest.mark.parametrize(
+    ("after", "check"),
+    [
+        pytest.param(
+            {"envs": {"GREETING": "hi"}},
+            lambda spec: "GREETING=hi" in spec["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"],
+            id="other-environment-variables",
+        ),
+        pytest.param(
+            {"instance_count": 2},
+            lambda spec: spec["Spec"]["Mode"]["Replicated"]["Replicas"] == 2,
+            id="more-compute-nodes",
+        ),
+        pytest.param(
+            {"flavor": "cpu.1u1g.free"},
+            lambda spec: spec["Spec"]["TaskTemplate"]["Resources"]["Limits"]["MemoryBytes"] == 1024 * 1024 * 1024,
+            id="another-specification",
+        ),
+    ],
+)
+def test_a_changed_version_on_a_swarm_pool_is_rolled_by_swarm_under_a_call_loop_with_no_failed_call(
+    swarm_pool, swarm_manager, owner, gateway_url, after, check
+):
+    v1 = make_version(owner)
+    token = access_token_create(owner=owner, name="loop", days=1).secret
+    service = deploy_rows_on_swarm(owner, [row(v1)])
+    (name,) = old_names = swarm_service_names(swarm_manager)
+    old_tasks = {task.task_id for task in swarm.list_managed_tasks(swarm_manager, settings.CONSOLE_ID)}
+    eventually(lambda: CallLoop(gateway_url, str(service.id), token)._call()[0] == 200, message="never routed")
+
+    with CallLoop(gateway_url, str(service.id), token) as loop:
+        update, outcomes = update_and_run(service, [row(v1, **after)], owner)
+        after_update = len(loop.results)
+        eventually(lambda: len(loop.results) >= after_update + 20, message="the loop stalled after the update")
+
+    assert loop.failed == [], f"{len(loop.failed)} of {len(loop.results)} calls failed: {loop.failed[:5]}"
+    assert (outcomes[-1], update.outcome) == ("done", ServiceUpdate.Outcome.SUCCEEDED)
+    assert Service.objects.get(id=service.id).status == ServiceStatus.RUNNING
+    # The same Swarm service, moved to the new configuration by Swarm's own rolling update.
+    config = service.configs.get()
+    assert swarm_service_names(swarm_manager) == old_names
+    assert config_swarm_name(config) == name
+    spec = swarm_spec(swarm_manager, name)
+    assert spec["UpdateStatus"]["State"] == "completed"
+    assert spec["Spec"]["UpdateConfig"]["Order"] == "start-first"
+    assert spec["Spec"]["UpdateConfig"]["FailureAction"] == "rollback"
+    assert spec["Spec"]["Labels"]["rts.config"] == str(config.id)
+    assert check(spec)
+    tasks = swarm.list_managed_tasks(swarm_manager, settings.CONSOLE_ID)
+    assert len(tasks) == config.instance_count and not {task.task_id for task in tasks} & old_tasks
+    # Each instance row follows its new task, and the gateway calls it there.
+    rows = {instance.index: instance.host_port for instance in service.instances.all()}
+    assert sorted(rows.values()) == sorted(task.host_port for task in tasks)
+    events = list(ServiceEvent.objects.filter(service=service).values_list("message", flat=True))
+    assert any(message.startswith(f"Swarm rolling update of {name} started") for message in events), events
+
+
+def test_a_rolled_configuration_stops_starts_and_deletes_with_its_swarm_service(
+    swarm_pool, swarm_manager, owner, gateway_url
+):
+    v1 = make_version(owner)
+    token = access_token_create(owner=owner, name="loop", days=1).secret
+    service = deploy_rows_on_swarm(owner, [row(v1)])
+    (name,) = swarm_service_names(swarm_manager)
+    update, _ = update_and_run(service, [row(v1, envs={"GREETING": "hi"})], owner)
+    assert update.outcome == ServiceUpdate.Outcome.SUCCEEDED, update.reason
+
+    actions.service_stop(service=Service.objects.get(id=service.id))
+    assert service_stop_run(service_id=service.id) == "stopped"
+    until(lambda: swarm_service_names(swarm_manager) == set(), "the Swarm service was removed on stop")
+
+    actions.service_start(service=Service.objects.get(id=service.id))
+    service_deploy_run(service_id=service.id)
+    assert deploy_settled(service.id).status == ServiceStatus.RUNNING
+    assert swarm_service_names(swarm_manager) == {name}
+    assert swarm_spec(swarm_manager, name)["Spec"]["Labels"]["rts.config"] == str(service.configs.get().id)
+    eventually(lambda: CallLoop(gateway_url, str(service.id), token)._call()[0] == 200, message="not answering")
+
+    actions.service_delete(service=Service.objects.get(id=service.id))
+    assert service_delete_run(service_id=service.id) == "deleted"
+    until(lambda: swarm_service_names(swarm_manager) == set(), "the Swarm service was removed on delete")
+
+
+def test_a_call_in_flight_on_an_old_task_finishes_there_when_the_model_drains_on_sigterm(
+    swarm_pool, swarm_manager, owner, gateway_url
+):
+    # Swarm stops an old task with SIGTERM once its replacement is healthy; a
+    # model that finishes its accepted calls then (here within 8 s; Swarm
+    # waits 10 s before SIGKILL) loses none of them.
+    v1 = make_version(owner)
+    token = access_token_create(owner=owner, name="loop", days=1).secret
+    drains = {"STOP_DELAY_SECONDS": "8"}
+    service = deploy_rows_on_swarm(owner, [row(v1, envs=drains)])
+    eventually(lambda: CallLoop(gateway_url, str(service.id), token)._call()[0] == 200, message="never routed")
+    slow: dict[str, object] = {}
+
+    def slow_call() -> None:
+        url = urlsplit(gateway_url)
+        started = time.monotonic()
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        conn.request("GET", f"/v1/infers/{service.id}/sleep?seconds=4", headers={"X-Auth-Token": token})
+        response = conn.getresponse()
+        slow.update(status=response.status, body=response.read(), took=time.monotonic() - started)
+
+    thread = threading.Thread(target=slow_call)
+    thread.start()
+    time.sleep(0.3)  # the slow call is on the old task now
+    update, _ = update_and_run(service, [row(v1, envs={**drains, "GREETING": "hi"})], owner)
+    thread.join(timeout=30)
+
+    assert update.outcome == ServiceUpdate.Outcome.SUCCEEDED, update.reason
+    assert slow["status"] == 200, slow
+    assert json.loads(slow["body"])["slept"] == 4
+    # Answered by the old task: cut and sent again to the new one, it would have taken over 5 s.
+    assert slow["took"] < 5, slow
 
 
 def test_a_never_healthy_version_on_a_swarm_pool_is_rolled_back(
     swarm_pool, swarm_manager, settings, owner, gateway_url
 ):
-    settings.SERVICE_TIMEOUT_SCALE = 0.02  # the 3-minute timeout, as 3.6 s
-    settings.DEPLOY_FAST_WAIT_SECONDS = 0.5
+    settings.SERVICE_TIMEOUT_SCALE = 0.04  # the 3-minute timeout, as 7.2 s
     v1 = make_version(owner)
     token = access_token_create(owner=owner, name="loop", days=1).secret
     service = deploy_rows_on_swarm(owner, [row(v1)])
-    before = swarm_service_names(swarm_manager)
+    (name,) = before = swarm_service_names(swarm_manager)
+    old_config = service.configs.get()
     eventually(lambda: CallLoop(gateway_url, str(service.id), token)._call()[0] == 200, message="never routed")
 
     with CallLoop(gateway_url, str(service.id), token) as loop:
@@ -292,7 +408,39 @@ def test_a_never_healthy_version_on_a_swarm_pool_is_rolled_back(
     assert "timed out" in update.reason
     assert loop.failed == []
     assert Service.objects.get(id=service.id).status == ServiceStatus.RUNNING
-    eventually(lambda: swarm_service_names(swarm_manager) == before, message="the new Swarm service was not removed")
+    assert list(service.configs.values_list("id", flat=True)) == [old_config.id]
+    # The Swarm service runs the previous configuration again, and only that.
+    assert swarm_service_names(swarm_manager) == before
+
+    def back_on_the_old_configuration():
+        spec = swarm_spec(swarm_manager, name)
+        tasks = swarm.list_managed_tasks(swarm_manager, settings.CONSOLE_ID)
+        return spec["Spec"]["Labels"]["rts.config"] == str(old_config.id) and {
+            task.labels.get("rts.config") for task in tasks
+        } == {str(old_config.id)}
+
+    until(back_on_the_old_configuration, "the Swarm service ran the previous configuration again", timeout=30)
+
+
+def test_a_version_that_crashes_on_a_swarm_pool_is_rolled_back_by_swarm(swarm_pool, swarm_manager, owner, gateway_url):
+    v1 = make_version(owner)
+    token = access_token_create(owner=owner, name="loop", days=1).secret
+    service = deploy_rows_on_swarm(owner, [row(v1)])
+    (name,) = swarm_service_names(swarm_manager)
+    old_config = service.configs.get()
+    eventually(lambda: CallLoop(gateway_url, str(service.id), token)._call()[0] == 200, message="never routed")
+
+    with CallLoop(gateway_url, str(service.id), token) as loop:
+        update, outcomes = update_and_run(service, [row(v1, envs={"CRASH_ON_START": "1"})], owner)
+
+    assert update.outcome == ServiceUpdate.Outcome.ROLLED_BACK, update.reason
+    assert f"Swarm rolled the update of {name} back" in update.reason, update.reason
+    assert loop.failed == []
+    assert Service.objects.get(id=service.id).status == ServiceStatus.RUNNING
+    assert list(service.configs.values_list("id", flat=True)) == [old_config.id]
+    spec = swarm_spec(swarm_manager, name)
+    assert spec["UpdateStatus"]["State"].startswith("rollback")
+    assert spec["Spec"]["Labels"]["rts.config"] == str(old_config.id)
 
 
 def test_a_drained_node_takes_the_service_down_and_active_again_brings_it_back(
