@@ -107,7 +107,11 @@ def test_a_change_that_needs_new_containers_turns_the_service_upgrading(
     update = ServiceUpdate.objects.get()
     staged = ServiceVersionConfig.objects.get(service=two_versions, phase=ConfigPhase.STAGED)
     old = ServiceVersionConfig.objects.filter(service=two_versions, phase=ConfigPhase.SERVING)
-    assert update.plan == {"weights": {str(staged.id): 100}, "remove": sorted(c.id for c in old)}
+    assert update.plan == {
+        "weights": {str(staged.id): 100},
+        "remove": sorted(c.id for c in old),
+        "new": [staged.id],
+    }
     assert len(callbacks) == 1  # the update task, after commit
     assert "starting 2 new instance(s) before any traffic moves" in body["events"][0]["message"]
 
