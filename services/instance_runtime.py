@@ -347,14 +347,8 @@ def rolling_update_undo(service: Service, configs: list[ServiceVersionConfig]) -
         )
         if replaced is None:
             continue
-        manager_url = service.pool.manager_url
         spec = version_service_spec(service, replaced)
-        current = swarm.version_service(manager_url, spec.name)
-        if current is None or current.labels.get(runtime.LABEL_CONFIG) == str(replaced.id):
-            continue
-        swarm.update_version_service(
-            manager_url, spec, monitor_seconds=swarm.ROLLING_UPDATE_MONITOR_SECONDS, parallelism=spec.replicas
-        )
+        swarm.rolling_update_start(service.pool.manager_url, spec, parallelism=spec.replicas)
 
 
 def rolling_update_verdict(service: Service, config: ServiceVersionConfig) -> swarm.SwarmServiceInfo | None:

@@ -140,10 +140,6 @@ class SwarmServiceInfo:
     def is_rolled_back(self) -> bool:
         return self.update_state in ("rollback_started", "rollback_paused", "rollback_completed")
 
-    @property
-    def is_updating(self) -> bool:
-        return self.update_state in ("updating", "rollback_started")
-
 
 @contextmanager
 def _manager_api(manager_url: str) -> Iterator[docker.APIClient]:
