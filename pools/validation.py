@@ -182,13 +182,6 @@ def pool_request_parse(data: Mapping[str, Any], *, pool: ResourcePool | None = N
                 errors["owner"] = [f"There is no active user named “{username}”."]
     else:
         errors["access"] = ["Choose Public (every user) or Dedicated (one user)."]
-    if access == "public" and kind == PoolKind.SWARM:
-        # Tasks of different services on one Swarm node share its bridge (no
-        # network per service yet), so one pool must not mix tenants.
-        errors["access"] = [
-            "A Swarm pool is dedicated to one user: its services' tasks share each node's network, "
-            "so it must not mix tenants. Choose Dedicated and an owner."
-        ]
 
     cpu_overcommit = _overcommit(str(data.get("cpu_overcommit", "")), "CPU", errors, "cpu_overcommit")
     memory_overcommit = _overcommit(str(data.get("memory_overcommit", "")), "Memory", errors, "memory_overcommit")

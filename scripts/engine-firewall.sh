@@ -12,7 +12,21 @@
 #   RTS-FORWARD  no container reaches a link-local address (169.254.0.0/16,
 #                where clouds serve instance metadata), and an rtsd* container
 #                reaches nothing outside its own bridge.
+#
+# On a Swarm node a service's tasks have an overlay network of their own, and
+# each task also sits on the node's docker_gwbridge, shared by every task, where
+# its host-mode port is published. For that bridge:
+#   RTS-INPUT    as above: no task reaches the host, so not another task's
+#                published port either.
+#   RTS-FORWARD  no task reaches another over it (Docker sets enable_icc=false
+#                on it; this holds for an engine running without iptables too),
+#                and with CONTAINER_EGRESS=deny in this script's environment
+#                (the console's setting) no task reaches anything beyond it.
 set -euo pipefail
+
+SWARM_BRIDGE=docker_gwbridge
+EGRESS=${CONTAINER_EGRESS:-allow}
+case "$EGRESS" in allow|deny) ;; *) echo "engine-firewall: CONTAINER_EGRESS must be allow or deny" >&2; exit 1 ;; esac
 
 command -v iptables >/dev/null || { echo "engine-firewall: iptables is missing" >&2; exit 1; }
 
@@ -28,15 +42,23 @@ chain RTS-INPUT
 iptables -A RTS-INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
 iptables -A RTS-INPUT -j DROP
 hook INPUT -i rts+ -j RTS-INPUT
+hook INPUT -i "$SWARM_BRIDGE" -j RTS-INPUT
 
 chain RTS-FORWARD
 iptables -A RTS-FORWARD -d 169.254.0.0/16 -j DROP
 iptables -A RTS-FORWARD -i rtsd+ -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
 iptables -A RTS-FORWARD -i rtsd+ ! -o rtsd+ -j DROP
+iptables -A RTS-FORWARD -i "$SWARM_BRIDGE" -o "$SWARM_BRIDGE" -j DROP
+if [ "$EGRESS" = deny ]; then
+    iptables -A RTS-FORWARD -i "$SWARM_BRIDGE" -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+    iptables -A RTS-FORWARD -i "$SWARM_BRIDGE" -j DROP
+fi
 # DOCKER-USER exists once dockerd has started; FORWARD covers an engine without it.
 if iptables -L DOCKER-USER -n >/dev/null 2>&1; then
-    hook DOCKER-USER -i rts+ -j RTS-FORWARD
+    parent=DOCKER-USER
 else
-    hook FORWARD -i rts+ -j RTS-FORWARD
+    parent=FORWARD
 fi
+hook "$parent" -i rts+ -j RTS-FORWARD
+hook "$parent" -i "$SWARM_BRIDGE" -j RTS-FORWARD
 echo "engine-firewall: rules in place (RTS-INPUT, RTS-FORWARD)"

@@ -162,7 +162,16 @@ def version_service_spec(service: Service, config: ServiceVersionConfig) -> swar
         labels=_labels(service.id, config),
         hardening=container_hardening(),
         health_path=version.health_path,
+        network=service_swarm_network(service.id),
     )
+
+
+def service_swarm_network(service_id: uuid.UUID | str) -> swarm.ServiceNetwork:
+    """The service's own overlay network on a swarm: the name and labels of its
+    bridge network on engines (egress on a swarm is the node's firewall's, see
+    scripts/engine-firewall.sh)."""
+    network = service_network_spec(service_id)
+    return swarm.ServiceNetwork(name=network.name, labels=network.labels)
 
 
 # --- Where an instance is --------------------------------------------------------------
@@ -307,10 +316,17 @@ def instance_remove_one(instance: Instance) -> None:
 
 
 def networks_remove(service_id: uuid.UUID | str, instances: list[Instance]) -> None:
-    """Remove the service's own network from each engine it ran on."""
+    """Remove the service's own network from each engine it ran on. On a swarm,
+    its overlay network goes only once the tasks Swarm is still stopping have
+    left it: the reconcile loop removes it then, if it is not gone already."""
     network = service_network_spec(service_id).name
     for docker_host in sorted({instance.node.docker_host for instance in _engines(instances)}):
         runtime.remove_network(docker_host, network)
+    for manager_url in sorted({instance.node.docker_host for instance in instances if is_on_swarm(instance)}):
+        try:
+            swarm.remove_network(manager_url, network)
+        except runtime.EngineError as exc:
+            log.info("the overlay network %s stays until its tasks have stopped: %s", network, exc)
 
 
 def _engines(instances: Iterable[Instance]) -> list[Instance]:

@@ -118,15 +118,17 @@ def _refresh_swarm_pool(pool: ResourcePool, now: datetime, report: ReconcileRepo
 
 @dataclass(frozen=True)
 class SwarmView:
-    """What one Swarm pool's manager said this cycle: its console services' names, and their running tasks."""
+    """What one Swarm pool's manager said this cycle: its console services' names,
+    their running tasks, and the console's service networks."""
 
     pool: ResourcePool
     service_names: set[str]
     places: dict[str, TaskPlace]
+    network_names: set[str]
 
 
 def _swarm_view(pool: ResourcePool, now: datetime, report: ReconcileReport) -> SwarmView | None:
-    """One node list, one service list and one task list from the pool's manager; None when it did not answer."""
+    """One node, service, task and network list from the pool's manager; None when it did not answer."""
     if not _refresh_swarm_pool(pool, now, report):
         return None
     try:
@@ -134,11 +136,12 @@ def _swarm_view(pool: ResourcePool, now: datetime, report: ReconcileReport) -> S
         tasks = swarm.list_managed_tasks(pool.manager_url, settings.CONSOLE_ID, services=services)
         names = {info.name for info in services}
         places = swarm_places(pool.id, tasks, names)
+        networks = set(swarm.list_managed_networks(pool.manager_url, settings.CONSOLE_ID))
     except runtime.EngineError as exc:
         report.unreachable_nodes.append(pool.name)
         swarm_pool_unreachable(pool=pool, reason=str(exc), now=now)
         return None
-    return SwarmView(pool, names, places)
+    return SwarmView(pool, names, places, networks)
 
 
 def nodes_refresh() -> None:
@@ -194,6 +197,7 @@ def _reconcile_once() -> ReconcileReport:
     for view in swarms.values():
         if view is not None:
             _remove_orphan_swarm_services(view, services, report)
+            _remove_orphan_swarm_networks(view, services)
     _converge_serving(services, containers, swarms, report)
     _stop_strays(services, containers)
     _auto_stop_due(services, now, report)
@@ -265,6 +269,17 @@ def _remove_orphan_networks(
         except runtime.EngineError as exc:
             # Most often a container on it is still being removed; the next cycle retries.
             log.info("could not remove an orphan network on %s: %s", node.name, exc)
+
+
+def _remove_orphan_swarm_networks(view: SwarmView, services: dict[str, Service]) -> None:
+    """Remove overlay networks whose service is gone: a delete leaves its
+    network while Swarm still stops the tasks on it."""
+    wanted = {service_network_spec(service_id).name for service_id in services}
+    for name in sorted(view.network_names - wanted):
+        try:
+            swarm.remove_network(view.pool.manager_url, name)
+        except runtime.EngineError as exc:
+            log.info("could not remove the orphan overlay network %s yet: %s", name, exc)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 Every call goes to a manager's API (`manager_url`), which knows every node,
 service and task of its swarm. Services publish their port in host mode, so
 each task answers on its node's address at a port of its own (SwarmTask.host_port):
-the routing mesh is not used. See docs/swarm-notes.md for what was measured.
+the routing mesh is not used. Each console service has an overlay network of
+its own (ServiceNetwork), which its Swarm services join. See docs/swarm-notes.md
+for what was measured.
 
 What a Swarm service cannot carry of ContainerHardening (Docker 20.10, API 1.41):
 `no_new_privileges` (the field is dropped; only `dockerd --no-new-privileges` on
@@ -77,6 +79,19 @@ class SwarmNode:
 
 
 @dataclass(frozen=True)
+class ServiceNetwork:
+    """The overlay network of one console service on a swarm: its tasks, of
+    every version, reach each other there (the service's name resolves to their
+    addresses) and no other service's. Each task also joins the node's
+    docker_gwbridge, where its host-mode port is published (Docker sets no
+    inter-container traffic on that bridge; scripts/engine-firewall.sh keeps
+    tasks there from the host's own addresses)."""
+
+    name: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
 class VersionServiceSpec:
     """One Swarm service: the instances of one version configuration of a console service."""
 
@@ -100,6 +115,8 @@ class VersionServiceSpec:
     # Swarm runs the check inside the container (_health_command says how);
     # an image with a HEALTHCHECK of its own keeps that one.
     health_path: str | None = None
+    # None: the engine's default bridge, shared with every other task on the node.
+    network: ServiceNetwork | None = None
 
 
 @dataclass(frozen=True)
@@ -257,6 +274,7 @@ def _task_template(api: docker.APIClient, spec: VersionServiceSpec) -> docker_ty
     resources["Limits"]["Pids"] = hardening.pids_limit  # no SDK keyword for it
     return docker_types.TaskTemplate(
         container_spec=container_spec,
+        networks=[docker_types.NetworkAttachmentConfig(spec.network.name)] if spec.network is not None else None,
         resources=resources,
         restart_policy=docker_types.RestartPolicy(
             condition="any", delay=int(spec.restart_delay_seconds * NANOS_PER_SECOND), max_attempts=0
@@ -269,10 +287,24 @@ def _task_template(api: docker.APIClient, spec: VersionServiceSpec) -> docker_ty
 
 def _endpoint_spec(spec: VersionServiceSpec) -> docker_types.EndpointSpec:
     # The list form: the SDK's dict form wants a fixed published port, and the
-    # engine picks a free one for each task here.
+    # engine picks a free one for each task here. DNS round robin: the
+    # service's name resolves to its tasks' own addresses (a virtual IP would
+    # need IPVS on every node, and nothing here calls through one).
     return docker_types.EndpointSpec(
-        ports=[{"Protocol": "tcp", "TargetPort": spec.container_port, "PublishMode": "host"}]
+        mode="dnsrr", ports=[{"Protocol": "tcp", "TargetPort": spec.container_port, "PublishMode": "host"}]
     )
+
+
+def _network_ensure(api: docker.APIClient, network: ServiceNetwork) -> None:
+    """Create the service's overlay network unless it exists (safe to repeat)."""
+    if api.networks(names=[network.name]):
+        return
+    try:
+        api.create_network(network.name, driver="overlay", labels=network.labels, check_duplicate=True)
+    except APIError as exc:
+        # Another run made it in between: keep theirs.
+        if not api.networks(names=[network.name]):
+            raise EngineError(f"could not create the overlay network {network.name}: {exc.explanation or exc}") from exc
 
 
 def _update_config(monitor_seconds: float, parallelism: int) -> docker_types.UpdateConfig:
@@ -347,6 +379,8 @@ def ensure_version_service(manager_url: str, spec: VersionServiceSpec) -> SwarmS
     with _manager_api(manager_url) as api:
         service = _inspect_service(api, spec.name)
         if service is None:
+            if spec.network is not None:
+                _network_ensure(api, spec.network)
             try:
                 api.create_service(
                     _task_template(api, spec),
@@ -385,6 +419,9 @@ def update_version_service(
         service = _inspect_service(api, spec.name)
         if service is None:
             raise EngineError(f"Swarm service {spec.name} does not exist on {manager_url}")
+        if spec.network is not None:
+            # A service made before services had networks of their own joins one here.
+            _network_ensure(api, spec.network)
         api.update_service(
             service["ID"],
             service["Version"]["Index"],
@@ -440,6 +477,23 @@ def list_managed_services(manager_url: str, console_id: str) -> list[SwarmServic
     with _manager_api(manager_url) as api:
         services = api.services(filters={"label": _managed_filter(console_id)})
     return [_service_info(service) for service in services]
+
+
+def list_managed_networks(manager_url: str, console_id: str) -> list[str]:
+    """Names of this console's service networks on the swarm, in one call."""
+    with _manager_api(manager_url) as api:
+        networks = api.networks(filters={"label": _managed_filter(console_id), "driver": "overlay"})
+    return [network["Name"] for network in networks]
+
+
+def remove_network(manager_url: str, name: str) -> None:
+    """Remove a service's overlay network; a missing one is already removed.
+    Fails (EngineError) while a task on it is still stopping."""
+    with _manager_api(manager_url) as api:
+        try:
+            api.remove_network(name)
+        except NotFound:
+            return
 
 
 # --- Tasks ---------------------------------------------------------------------------

@@ -66,12 +66,18 @@ def test_an_operator_creates_a_swarm_pool_whose_nodes_come_from_the_swarm(staff_
     assert not pool_list_for(other_user).filter(id=swarm_pool.id).exists()
 
 
-def test_a_swarm_pool_is_dedicated_to_one_user(staff_client, swarm_manager, flavors):
+def test_a_public_swarm_pool_is_offered_to_every_user_and_its_nodes_take_no_ones_quota(
+    staff_client, swarm_manager, flavors, owner, other_user
+):
+    # Its services' tasks get networks of their own (tests/services/test_swarm_network_isolation.py).
     response = staff_client.post("/pools/new/", pool_form(name="swarm-pub", kind="swarm", manager_url=swarm_manager))
 
-    assert response.status_code == 400
-    assert "A Swarm pool is dedicated to one user" in page_of(response)
-    assert not ResourcePool.objects.exists()
+    assert response.status_code == 302, page_of(response)
+    pool = ResourcePool.objects.get(name="swarm-pub")
+    assert pool.is_public and pool.owner is None and pool.nodes.count() == 1
+    assert pool_list_for(owner).filter(id=pool.id).exists()
+    assert pool_list_for(other_user).filter(id=pool.id).exists()
+    assert holding_of(owner).vcpus == 0 and holding_of(other_user).vcpus == 0
 
 
 def test_a_swarm_pools_nodes_are_not_added_by_hand_and_a_swarm_is_one_pool(staff_client, swarm_pool):
