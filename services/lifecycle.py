@@ -723,19 +723,28 @@ def _swarm_rolled_back_after_cut_over(
 
 def _update_undo_after_cut_over(service: Service, token: uuid.UUID, update: ServiceUpdate, reason: str) -> str:
     """Swarm put the previous configuration back after the traffic had moved:
-    so does the console (the previous configurations serve again, the new ones
-    drain and go), and the update is recorded as rolled back."""
+    so does the console (every configuration the update kept or replaced
+    serves again at its weight from before, the new ones drain and go), and the
+    update is recorded as rolled back."""
     new = {int(config_id) for config_id in update.plan.get("new", [])}
     before = {row["model_id"]: row["weight"] for row in update.before.get("config", [])}
     with transaction.atomic():
-        for config in ServiceVersionConfig.objects.select_for_update().filter(service_id=service.id):
-            if config.phase == ConfigPhase.DRAINING:
-                config.weight, config.phase = before.get(config.app_version_id, 0), ConfigPhase.SERVING
-            elif config.id in new:
+        configs = list(ServiceVersionConfig.objects.select_for_update().filter(service_id=service.id))
+        rolled = {config.swarm_service for config in configs if config.id in new and config.swarm_service}
+        restarted = []
+        for config in configs:
+            if config.id in new:
                 config.weight, config.phase = 0, ConfigPhase.DRAINING
             else:
-                continue
+                if config.phase == ConfigPhase.DRAINING and config_swarm_name(config) in rolled:
+                    restarted.append(config.id)
+                config.weight = before.get(config.app_version_id, config.weight)
+                config.phase = ConfigPhase.SERVING
             config.save(update_fields=["weight", "phase"])
+        # Swarm's rollback starts new tasks for these. Their rows still name the
+        # tasks it stopped during the update, which may answer until they are
+        # gone: the rows forget them, and follow the new tasks once they run.
+        Instance.objects.filter(config_id__in=restarted).update(is_healthy=False, host_port=None, container_id="")
         service_event_add(
             service.id,
             f"Swarm rolled the update back after the traffic had moved: {reason}; traffic goes back to the "
@@ -753,10 +762,11 @@ def _update_undo_after_cut_over(service: Service, token: uuid.UUID, update: Serv
             token,
             restored,
             timezone.now() + timedelta(seconds=service.timeout_seconds * settings.SERVICE_TIMEOUT_SCALE),
-            settings.DEPLOY_FAST_WAIT_SECONDS,
+            SWARM_ROLLING_UPDATE_WAIT_SECONDS,
             status=ServiceStatus.UPGRADING,
         )
     except DeployFailed as failure:
+        # The status settled below says how many answer; the reconcile loop keeps probing them.
         log.warning("the restored configuration of %s is not healthy yet: %s", service.id, failure.reason)
     except LeaseLost:
         return "lease lost"

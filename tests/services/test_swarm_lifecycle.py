@@ -27,7 +27,7 @@ from pools.models import PoolKind
 from pools.validation import PoolRequest
 from services import actions
 from services.actions import service_create
-from services.choices import InstanceState, ServiceStatus
+from services.choices import ConfigPhase, InstanceState, ServiceStatus
 from services.instance_runtime import config_swarm_name, swarm_service_name
 from services.lifecycle import deploys_probe, service_delete_run, service_deploy_run, service_stop_run
 from services.models import Service, ServiceEvent, ServiceUpdate
@@ -441,6 +441,41 @@ def test_a_version_that_crashes_on_a_swarm_pool_is_rolled_back_by_swarm(swarm_po
     spec = swarm_spec(swarm_manager, name)
     assert spec["UpdateStatus"]["State"].startswith("rollback")
     assert spec["Spec"]["Labels"]["rts.config"] == str(old_config.id)
+
+
+def test_a_version_that_fails_after_the_traffic_moved_is_rolled_back_by_swarm_and_the_traffic_moves_back(
+    swarm_pool, swarm_manager, owner, gateway_url, monkeypatch
+):
+    # Swarm watches each new task for 6 s; the new v1 answers at once, takes the
+    # traffic, and exits 3.5 s after it started: within Swarm's watch.
+    monkeypatch.setattr(swarm, "ROLLING_UPDATE_MONITOR_SECONDS", 6.0)
+    v1, v2 = make_version(owner), make_version(owner, version="2.0.0", image=DEMO_IMAGE_V2)
+    token = access_token_create(owner=owner, name="loop", days=1).secret
+    service = deploy_rows_on_swarm(owner, [row(v1, 50), row(v2, 50)])
+    v1_config = service.configs.get(app_version=v1)
+    name = config_swarm_name(v1_config)
+
+    update, outcomes = update_and_run(service, [row(v1, 30, envs={"EXIT_AFTER_SECONDS": "3.5"}), row(v2, 70)], owner)
+
+    assert (outcomes[-1], update.outcome) == ("rolled back", ServiceUpdate.Outcome.ROLLED_BACK), update.reason
+    assert update.reason.startswith("Swarm rolled back:"), update.reason
+    events = list(ServiceEvent.objects.filter(service=service).values_list("message", flat=True))
+    assert "Traffic moved to the new configuration" in events
+    assert any(m.startswith("Swarm rolled the update back after the traffic had moved") for m in events), events
+    # Both versions serve at their weights from before, v1 on its previous configuration.
+    configs = service.configs.order_by("position").values_list("id", "weight", "phase")
+    assert list(configs) == [
+        (v1_config.id, 50, ConfigPhase.SERVING),
+        (service.configs.get(app_version=v2).id, 50, ConfigPhase.SERVING),
+    ]
+    assert swarm_spec(swarm_manager, name)["Spec"]["Labels"]["rts.config"] == str(v1_config.id)
+    # Running means every row names a task that runs now, and a call succeeds at once.
+    assert Service.objects.get(id=service.id).status == ServiceStatus.RUNNING
+    ports = {task.host_port for task in swarm.list_managed_tasks(swarm_manager, settings.CONSOLE_ID)}
+    rows = list(service.instances.values_list("host_port", "is_healthy"))
+    assert len(rows) == 2 and all(port in ports and healthy for port, healthy in rows), (rows, ports)
+    for _ in range(4):
+        assert CallLoop(gateway_url, str(service.id), token)._call()[0] == 200
 
 
 def test_a_drained_node_takes_the_service_down_and_active_again_brings_it_back(
