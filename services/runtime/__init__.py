@@ -7,6 +7,7 @@ gets plain dataclasses back; no Docker SDK object leaves this module.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 import docker
@@ -216,7 +217,7 @@ def ensure_container_running(docker_host: str, spec: ContainerSpec) -> Container
         if attrs is None:
             hardening = spec.hardening
             if spec.network is not None:
-                _ensure_network(api, spec.network)
+                _ensure_network(docker_host, api, spec.network)
             host_config = api.create_host_config(
                 port_bindings={f"{spec.container_port}/tcp": (spec.publish_host, None)},
                 nano_cpus=int(spec.cpus * 1_000_000_000),
@@ -263,22 +264,36 @@ def ensure_container_running(docker_host: str, spec: ContainerSpec) -> Container
     return _info_from_inspect(attrs)
 
 
-def _ensure_network(api: docker.APIClient, network: NetworkSpec) -> None:
+# The instances of one deploy start on parallel threads, and each makes sure its
+# service's network exists: one creates it, the others wait for that.
+_network_locks: dict[str, threading.Lock] = {}
+# How long a network another process is creating may take to be listed.
+NETWORK_LISTED_WAIT_SECONDS = 3.0
+
+
+def _ensure_network(docker_host: str, api: docker.APIClient, network: NetworkSpec) -> None:
     """Create the network unless it exists (safe to repeat, and to race)."""
-    if api.networks(names=[network.name]):
-        return
-    try:
-        api.create_network(
-            network.name,
-            driver="bridge",
-            labels=network.labels,
-            options={"com.docker.network.bridge.name": network.bridge_name},
-            check_duplicate=True,
-        )
-    except APIError:
-        # Another start created it meanwhile (a name or bridge-name conflict); anything else is an error.
-        if not api.networks(names=[network.name]):
-            raise
+    with _clients_lock:
+        lock = _network_locks.setdefault(f"{docker_host} {network.name}", threading.Lock())
+    with lock:
+        if api.networks(names=[network.name]):
+            return
+        try:
+            api.create_network(
+                network.name,
+                driver="bridge",
+                labels=network.labels,
+                options={"com.docker.network.bridge.name": network.bridge_name},
+                check_duplicate=True,
+            )
+        except APIError:
+            # Another process is creating it (a name or bridge-name conflict):
+            # the engine lists it once that is done. Anything else is an error.
+            deadline = time.monotonic() + NETWORK_LISTED_WAIT_SECONDS
+            while not api.networks(names=[network.name]):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
 
 def list_managed_networks(docker_host: str, console_id: str) -> list[str]:
