@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from pools.models import Node, PoolKind, ResourcePool
-from pools.quotas import limits_problems, owner_lock
+from pools.quotas import dedication_problems, limits_problems, owner_lock
 from pools.selectors import node_capacity_list
 from pools.validation import NodeChange, NodeRequest, PoolRequest
 from services import runtime
@@ -96,22 +96,9 @@ def pool_update(*, pool: ResourcePool, request: PoolRequest) -> ResourcePool:
             if ResourcePool.objects.filter(name=request.name).exclude(id=locked.id).exists():
                 raise _name_taken(request.name)
             if request.owner is not None:
-                foreign = list(
-                    Service.objects.filter(pool=locked)
-                    .exclude(owner=request.owner)
-                    .select_related("owner")
-                    .order_by("name")
-                )
-                if foreign:
-                    raise RequestInvalid(
-                        {
-                            "owner": [
-                                f"Pool {locked.name} has services of other users: {_service_names(foreign)}. "
-                                f"It can be dedicated to {request.owner.get_username()} only once every "
-                                "service in it is theirs."
-                            ]
-                        }
-                    )
+                owner_lock(request.owner)
+                if problems := pool_owner_problems(locked, request.owner):
+                    raise RequestInvalid({"owner": problems})
             locked.name = request.name
             locked.description = request.description
             locked.is_public = request.owner is None
@@ -127,6 +114,26 @@ def pool_update(*, pool: ResourcePool, request: PoolRequest) -> ResourcePool:
     except IntegrityError:
         raise _name_taken(request.name) from None
     return locked
+
+
+def pool_owner_problems(pool: ResourcePool, owner: User) -> list[str]:
+    """Why `pool` cannot be dedicated to `owner` ([] when it can): a dedicated
+    pool is for its owner alone, so every service in it must be theirs, and
+    its nodes must fit their quota (pools.quotas.dedication_problems)."""
+    foreign = list(
+        Service.objects.filter(Q(pool=pool) | Q(second_pool=pool))
+        .exclude(owner=owner)
+        .select_related("owner")
+        .order_by("name")
+    )
+    if foreign:
+        return [
+            f"Pool {pool.name} has services of other users: {_service_names(foreign)}. "
+            f"It can be dedicated to {owner.get_username()} only once every service in it is theirs."
+        ]
+    if pool.owner_id == owner.id:
+        return []
+    return dedication_problems(pool, owner)
 
 
 def pool_delete(*, pool: ResourcePool) -> None:

@@ -4,6 +4,7 @@ from typing import Any
 
 from django import forms
 
+from pools.actions import pool_owner_problems
 from pools.models import Flavor, Node, ResourcePool
 
 
@@ -23,7 +24,13 @@ class ResourcePoolForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any] | None:
         cleaned_data = super().clean()
-        self.instance.is_public = self.cleaned_data.get("owner") is None
+        owner = self.cleaned_data.get("owner")
+        if owner is not None and self.instance.pk:
+            # The rules of the pool pages' form (pools.actions.pool_update); the
+            # instance still holds the pool as stored.
+            for problem in pool_owner_problems(self.instance, owner):
+                self.add_error("owner", problem)
+        self.instance.is_public = owner is None
         return cleaned_data
 
 

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import F, QuerySet, Sum
 
-from pools.models import Flavor, Node, UserQuota
+from pools.models import Flavor, Node, ResourcePool, UserQuota
 from services.models import Service, ServiceVersionConfig
 
 if TYPE_CHECKING:
@@ -83,6 +83,40 @@ def _quota_taking_nodes(user: User) -> QuerySet[Node]:
     """The nodes of the user's dedicated pools; a Swarm node held back
     (disabled, pools.actions.swarm_nodes_record) takes none: it is not used."""
     return Node.objects.filter(pool__owner=user, pool__is_public=False).exclude(is_enabled=False, swarm_node_id__gt="")
+
+
+def dedication_problems(pool: ResourcePool, owner: User) -> list[str]:
+    """Why dedicating `pool` to `owner` would pass their vCPU or GPU quota ([]
+    when it would not): from then on its nodes take their quota, and their
+    services in it, when it was public, stop taking it instance by instance."""
+    allowance = allowance_of(owner)
+    held = holding_of(owner)
+    nodes = (
+        Node.objects.filter(pool=pool)
+        .exclude(is_enabled=False, swarm_node_id__gt="")
+        .aggregate(vcpus=Sum("cpu_count"), gpus=Sum("gpu_count"))
+    )
+    freed: dict[str, object] = {}
+    if pool.is_public:
+        freed = ServiceVersionConfig.objects.filter(service__owner=owner, service__pool=pool).aggregate(
+            vcpus=Sum(F("instance_count") * F("flavor__cpus")), gpus=Sum(F("instance_count") * F("flavor__gpus"))
+        )
+    node_vcpus, node_gpus = Decimal(nodes["vcpus"] or 0), int(nodes["gpus"] or 0)
+    vcpus = held.vcpus - Decimal(freed.get("vcpus") or 0) + node_vcpus
+    gpus = held.gpus - int(freed.get("gpus") or 0) + node_gpus
+    name = owner.get_username()
+    problems = []
+    if node_vcpus and vcpus > allowance.vcpus:
+        problems.append(
+            f"Pool {pool.name}'s nodes have {_number(node_vcpus)} vCPUs, which would take {name}'s vCPU quota to "
+            f"{_number(vcpus)} of {allowance.vcpus}. Raise their quota first, or choose another owner."
+        )
+    if node_gpus and gpus > allowance.gpus:
+        problems.append(
+            f"Pool {pool.name}'s nodes have {node_gpus} GPUs, which would take {name}'s GPU quota to "
+            f"{gpus} of {allowance.gpus}. Raise their quota first, or choose another owner."
+        )
+    return problems
 
 
 def owner_lock(user: User) -> None:

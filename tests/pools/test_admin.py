@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from pools.models import Flavor, Node, ResourcePool
-from tests.factories import add_node, make_pool
+from tests.factories import add_node, make_pool, make_service
 
 pytestmark = pytest.mark.django_db
 
@@ -73,6 +73,26 @@ def test_giving_a_public_pool_an_owner_makes_it_dedicated_and_taking_it_away_pub
     assert (pool.is_public, pool.owner) == (False, owner)
 
     assert admin_client.post(url, pool_form()).status_code == 302
+    pool.refresh_from_db()
+    assert (pool.is_public, pool.owner) == (True, None)
+
+
+def test_the_admin_dedicates_a_pool_by_the_pool_pages_rules(admin_client, owner, other_user, settings):
+    pool = make_pool("gpu-pool", local_node=None)
+    add_node(pool, "big", cpus=16, memory_mib=512)
+    settings.QUOTA_VCPUS = 15
+    url = f"/admin/pools/resourcepool/{pool.id}/change/"
+
+    page = admin_client.post(url, pool_form(owner=owner.id)).content.decode()
+
+    assert "Pool gpu-pool&#x27;s nodes have 16 vCPUs, which would take owner&#x27;s vCPU quota to 16 of 15." in page
+    pool.refresh_from_db()
+    assert (pool.is_public, pool.owner) == (True, None)
+
+    settings.QUOTA_VCPUS = 16
+    make_service(other_user, pool, name="theirs")
+    page = admin_client.post(url, pool_form(owner=owner.id)).content.decode()
+    assert "Pool gpu-pool has services of other users: theirs (other)." in page
     pool.refresh_from_db()
     assert (pool.is_public, pool.owner) == (True, None)
 

@@ -10,6 +10,7 @@ from django.test import Client
 from django.utils import timezone
 
 from pools.models import Node, ResourcePool
+from pools.quotas import holding_of
 from services import runtime
 from services.choices import ServiceStatus
 from tests.factories import add_node, make_pool, make_service, make_staff, make_user, make_version, place_instance
@@ -38,7 +39,7 @@ def gpu_pool(db):
     return pool
 
 
-# A Swarm pool's form, short of its manager URL (Swarm pools are dedicated).
+# A dedicated Swarm pool's form, short of its manager URL.
 SWARM_DEDICATED = {"kind": "swarm", "access": "dedicated", "owner": "owner"}
 
 
@@ -338,6 +339,43 @@ def test_a_pool_is_dedicated_to_a_user_only_if_its_services_are_all_theirs(
     ) in page_of(response)
     gpu_pool.refresh_from_db()
     assert gpu_pool.is_public
+
+
+def test_a_pool_is_dedicated_to_a_user_only_if_its_nodes_fit_their_quota(
+    staff_client, gpu_pool, owner, flavors, settings
+):
+    settings.QUOTA_VCPUS, settings.QUOTA_GPUS = 7, 2  # its node has 8 vCPUs and 2 GPUs
+    dedicate = pool_form(name="gpu-pool", access="dedicated", owner="owner")
+
+    response = staff_client.post(f"/pools/{gpu_pool.id}/edit/", dedicate)
+
+    assert response.status_code == 400
+    assert (
+        "Pool gpu-pool&#x27;s nodes have 8 vCPUs, which would take owner&#x27;s vCPU quota to 8 of 7. "
+        "Raise their quota first, or choose another owner."
+    ) in page_of(response)
+    gpu_pool.refresh_from_db()
+    assert (gpu_pool.is_public, gpu_pool.owner) == (True, None)
+
+    settings.QUOTA_VCPUS = 8
+    assert staff_client.post(f"/pools/{gpu_pool.id}/edit/", dedicate).status_code == 302
+    gpu_pool.refresh_from_db()
+    assert (gpu_pool.is_public, gpu_pool.owner) == (False, owner)
+
+
+def test_dedicating_a_public_pool_counts_its_nodes_instead_of_the_owners_services_in_it(
+    staff_client, gpu_pool, owner, flavors, settings
+):
+    # 4 vCPUs of instances in the pool now; its node's 8 vCPUs instead once it is theirs.
+    make_service(owner, gpu_pool, version=make_version(owner), instance_count=4)
+    settings.QUOTA_VCPUS = 8
+
+    response = staff_client.post(
+        f"/pools/{gpu_pool.id}/edit/", pool_form(name="gpu-pool", access="dedicated", owner="owner")
+    )
+
+    assert response.status_code == 302, page_of(response)
+    assert holding_of(owner).vcpus == 8
 
 
 # --- Delete ------------------------------------------------------------------------------
