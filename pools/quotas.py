@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -96,7 +96,7 @@ def dedication_problems(pool: ResourcePool, owner: User) -> list[str]:
         .exclude(is_enabled=False, swarm_node_id__gt="")
         .aggregate(vcpus=Sum("cpu_count"), gpus=Sum("gpu_count"))
     )
-    freed: dict[str, object] = {}
+    freed: dict[str, Any] = {}
     if pool.is_public:
         freed = ServiceVersionConfig.objects.filter(service__owner=owner, service__pool=pool).aggregate(
             vcpus=Sum(F("instance_count") * F("flavor__cpus")), gpus=Sum(F("instance_count") * F("flavor__gpus"))
