@@ -74,4 +74,8 @@ def test_deploy_sits_at_the_lists_upper_left_and_stop_beside_the_title(live_serv
     assert [label.strip() for label in labels].count("Status") <= 1
     assert page.locator(".title-row .badge").inner_text().strip() == "Running"
     assert page.evaluate("document.documentElement.scrollWidth") <= width
+    # Nor does any card scroll sideways: on a phone, the instances and versions tables stack.
+    assert page.locator("#service-instances tbody tr").count() >= 1
+    for card in page.locator("main .card").all():
+        assert card.evaluate("element => element.scrollWidth <= element.clientWidth"), card.inner_text()[:80]
     page.screenshot(path=str(ARTIFACTS / f"docs-details-{width}.png"), full_page=True)

@@ -1,5 +1,5 @@
-"""An operator in Chromium creates a Swarm pool by its manager's URL (a public
-one first, refused on its field), sees the swarm's node on the pool's page; the
+"""An operator in Chromium creates a Swarm pool by its manager's URL and sees
+the swarm's node on the pool's page; the
 owner's service on it shows each instance as a Swarm task on its node.
 Screenshots: /tmp/swarm-*.png."""
 
