@@ -201,7 +201,7 @@ def _swarm_quota_check(owner: User, nodes: list[swarm.SwarmNode]) -> None:
     for an engine: the swarm's nodes all at once."""
     owner_lock(owner)
     vcpus = sum(node.cpu_count for node in nodes)
-    if problems := limits_problems(owner, is_public=False, node_vcpus=vcpus):
+    if problems := limits_problems(owner, is_public=False, node_vcpus=vcpus, for_operator=True):
         raise RequestInvalid(
             {
                 "owner": [
@@ -263,7 +263,7 @@ def _swarm_node_over_quota(pool: ResourcePool, listed: swarm.SwarmNode) -> str:
     if pool.is_public or pool.owner is None:
         return ""
     owner_lock(pool.owner)
-    problems = limits_problems(pool.owner, is_public=False, node_vcpus=listed.cpu_count)
+    problems = limits_problems(pool.owner, is_public=False, node_vcpus=listed.cpu_count, for_operator=True)
     if not problems:
         return ""
     return (
@@ -322,7 +322,11 @@ def node_add(*, pool: ResourcePool, request: NodeRequest) -> Node:
                 # A dedicated pool takes its owner's quota for its nodes.
                 owner_lock(pool.owner)
                 problems = limits_problems(
-                    pool.owner, is_public=False, node_vcpus=info.cpu_count, node_gpus=request.gpu_count
+                    pool.owner,
+                    is_public=False,
+                    node_vcpus=info.cpu_count,
+                    node_gpus=request.gpu_count,
+                    for_operator=True,
                 )
                 if problems:
                     owner = pool.owner.get_username()
@@ -366,7 +370,7 @@ def node_update(*, node: Node, change: NodeChange) -> Node:
             # A Swarm node held back by the quota (swarm_nodes_record) takes it when enabled.
             owner = locked.pool.owner
             owner_lock(owner)
-            if problems := limits_problems(owner, is_public=False, node_vcpus=locked.cpu_count):
+            if problems := limits_problems(owner, is_public=False, node_vcpus=locked.cpu_count, for_operator=True):
                 raise RequestInvalid({"is_enabled": [f"{owner.get_username()} is short of quota. {problems[0]}"]})
             if locked.last_error.startswith(OVER_QUOTA_REASON):
                 updates["last_error"] = ""

@@ -136,10 +136,12 @@ def limits_problems(
     is_public: bool = True,
     node_vcpus: int = 0,
     node_gpus: int = 0,
+    for_operator: bool = False,
 ) -> list[str]:
     """Why adding this to what the user holds would pass a limit ([] when it
     would not): `new_services` services, instances as (flavor, count) rows (in
-    a public pool they take quota), and a dedicated pool's node."""
+    a public pool they take quota), and a dedicated pool's node. An operator
+    (`for_operator`) reads it about the user, and is told how to make room."""
     allowance = allowance_of(user)
     held = holding_of(user)
     rows = list(rows)
@@ -154,14 +156,20 @@ def limits_problems(
             f"Your services would have {held.instances + adding_instances} instances; a user may have at most "
             f"{allowance.max_instances} ({held.instances} now)."
         )
+    whose = f"{user.get_username()}'s" if for_operator else "your"
     if adding_vcpus and held.vcpus + adding_vcpus > allowance.vcpus:
+        make_room = (
+            "Raise their quota first (admin, user quotas)."
+            if for_operator
+            else "Delete a service in a public pool, or ask an administrator for more."
+        )
         problems.append(
             f"vCPU quota exceeded: this needs {_number(adding_vcpus)} vCPUs and {_number(allowance.vcpus - held.vcpus)} "
-            f"of your {allowance.vcpus} are left. Delete a service in a public pool, or ask an administrator for more."
+            f"of {whose} {allowance.vcpus} are left. {make_room}"
         )
     if adding_gpus and held.gpus + adding_gpus > allowance.gpus:
         problems.append(
-            f"GPU quota exceeded: this needs {adding_gpus} GPUs and {allowance.gpus - held.gpus} of your "
+            f"GPU quota exceeded: this needs {adding_gpus} GPUs and {allowance.gpus - held.gpus} of {whose} "
             f"{allowance.gpus} are left."
         )
     return problems

@@ -605,9 +605,10 @@ def test_a_dedicated_pools_node_takes_its_owners_quota(staff_client, engine, own
 
     assert response.status_code == 400
     assert (
-        f"The pool&#x27;s owner owner is short of quota. vCPU quota exceeded: this needs {expected.cpu_count} vCPUs"
-        in page_of(response)
-    )
+        f"The pool&#x27;s owner owner is short of quota. vCPU quota exceeded: this needs {expected.cpu_count} vCPUs "
+        f"and {expected.cpu_count - 1} of owner&#x27;s {expected.cpu_count - 1} are left. "
+        "Raise their quota first (admin, user quotas)."
+    ) in page_of(response)
     assert not Node.objects.filter(pool=pool).exists()
     settings.QUOTA_VCPUS = expected.cpu_count
     assert (
