@@ -44,11 +44,11 @@ pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True), pytes
 POOL = "swarm-cpu"
 
 
-@pytest.fixture
-def swarm_pool(swarm_manager, flavors, owner):
-    pool = pool_create(
+def swarm_pool_create(manager_url: str, name: str, owner=None):
+    """A Swarm pool on the test swarm, dedicated to `owner` (public without one)."""
+    return pool_create(
         request=PoolRequest(
-            name=POOL,
+            name=name,
             description="",
             owner=owner,
             cpu_overcommit=Decimal(16),
@@ -56,12 +56,20 @@ def swarm_pool(swarm_manager, flavors, owner):
             offers_every_flavor=True,
             flavors=[],
             kind=PoolKind.SWARM,
-            manager_url=swarm_manager,
+            manager_url=manager_url,
         )
     )
-    yield pool
-    for info in swarm.list_managed_services(swarm_manager, settings.CONSOLE_ID):
-        swarm.remove_version_service(swarm_manager, info.name)
+
+
+def swarm_services_remove(manager_url: str) -> None:
+    for info in swarm.list_managed_services(manager_url, settings.CONSOLE_ID):
+        swarm.remove_version_service(manager_url, info.name)
+
+
+@pytest.fixture
+def swarm_pool(swarm_manager, flavors, owner):
+    yield swarm_pool_create(swarm_manager, POOL, owner)
+    swarm_services_remove(swarm_manager)
 
 
 @pytest.fixture

@@ -7,15 +7,11 @@ carries scripts/engine-firewall.sh's rules as the bootstrap installed them."""
 from __future__ import annotations
 
 import socket
-from decimal import Decimal
 
 import docker
 import pytest
 from django.conf import settings
 
-from pools.actions import pool_create
-from pools.models import PoolKind
-from pools.validation import PoolRequest
 from services.actions import service_delete
 from services.choices import ServiceStatus
 from services.instance_runtime import config_swarm_name, service_network_spec
@@ -25,7 +21,7 @@ from services.reconcile import reconcile
 from services.runtime import swarm
 from tests.factories import create_service, make_version
 from tests.services.test_network_isolation import host_listener, probe_from  # noqa: F401  (a fixture)
-from tests.services.test_swarm_lifecycle import deploy_settled, until
+from tests.services.test_swarm_lifecycle import deploy_settled, swarm_pool_create, swarm_services_remove, until
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("enqueued")]
 
@@ -35,22 +31,8 @@ GATEWAY_BRIDGE = "docker_gwbridge"
 
 @pytest.fixture
 def public_swarm_pool(swarm_manager, flavors):
-    pool = pool_create(
-        request=PoolRequest(
-            name=POOL,
-            description="",
-            owner=None,
-            cpu_overcommit=Decimal(16),
-            memory_overcommit=Decimal(4),
-            offers_every_flavor=True,
-            flavors=[],
-            kind=PoolKind.SWARM,
-            manager_url=swarm_manager,
-        )
-    )
-    yield pool
-    for info in swarm.list_managed_services(swarm_manager, settings.CONSOLE_ID):
-        swarm.remove_version_service(swarm_manager, info.name)
+    yield swarm_pool_create(swarm_manager, POOL)
+    swarm_services_remove(swarm_manager)
 
 
 @pytest.fixture
