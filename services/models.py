@@ -106,6 +106,9 @@ class Service(models.Model):
     # their health checks to the periodic prober (services.lifecycle.deploys_probe),
     # so no worker is held while a slow or broken model comes up.
     health_wait_started_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # When the reconcile loop last enqueued the work again (it does so at most
+    # once per services.reconcile.UNCLAIMED_GRACE_SECONDS while nobody claims it).
+    requeued_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     # Not columns: set only on the rows services.selectors.service_detail_for
     # returns (its Prefetch to_attr=...).

@@ -521,18 +521,26 @@ def _auto_stop_due(services: dict[str, Service], now: datetime, report: Reconcil
 
 
 def _requeue_lapsed(services: dict[str, Service], now: datetime, report: ReconcileReport) -> None:
+    """Enqueue again the work of a transitional service nobody has claimed for a
+    while, or whose worker's lease lapsed; once per grace period, not every
+    cycle: while the workers are busy, the message queued last time still waits."""
+    grace = timedelta(seconds=UNCLAIMED_GRACE_SECONDS)
+    requeued = []
     for service in services.values():
         if service.status not in TRANSITIONAL_STATUSES:
             continue
         if service.health_wait_started_at is not None:
             continue  # the deploy prober (services.tasks.deploys_probe_task) has it
         if service.lease_expires_at is None:
-            lapsed = now - service.status_changed_at > timedelta(seconds=UNCLAIMED_GRACE_SECONDS)
+            lapsed = now - service.status_changed_at > grace
         else:
             lapsed = service.lease_expires_at < now
-        if lapsed:
+        if lapsed and (service.requeued_at is None or now - service.requeued_at > grace):
+            requeued.append(service.id)
             report.requeued.append(service.name)
             report.lapsed.append((str(service.id), ServiceStatus(service.status)))
+    if requeued:
+        Service.objects.filter(id__in=requeued).update(requeued_at=now)
 
 
 def _recheck_versions(now: datetime) -> None:

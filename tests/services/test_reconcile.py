@@ -20,7 +20,7 @@ from services import instance_runtime, lifecycle, runtime
 from services.choices import ServiceStatus, VersionStatus
 from services.lifecycle import service_deploy_run
 from services.models import AIApplicationVersion, Instance, Service, ServiceEvent
-from services.reconcile import RECONCILE_LOCK_KEY, reconcile, restart_backoff_seconds
+from services.reconcile import RECONCILE_LOCK_KEY, UNCLAIMED_GRACE_SECONDS, reconcile, restart_backoff_seconds
 from tests.conftest import containers_of
 from tests.factories import DEMO_IMAGE_V1, create_service, make_version
 from tests.waiting import eventually, wait_for_status
@@ -110,6 +110,22 @@ def test_reconcile_keeps_containers_of_a_deploy_in_progress_and_removes_a_failed
     assert [c.name for c in containers_of(docker_client, deploying.id)] == [first.container_name]
     assert containers_of(docker_client, failed.id) == []
     assert report.requeued == []  # the deploy was only just queued; its task has time to claim it
+
+
+@pytest.mark.django_db
+def test_an_unclaimed_deploy_is_enqueued_again_once_per_grace_period_not_every_cycle(
+    engine, owner, pool, flavors, enqueued
+):
+    # Queued a while ago, and every worker busy since: the first message still waits.
+    service = create_service(owner, make_version(owner), name="waiting")
+    past = timezone.now() - timedelta(seconds=UNCLAIMED_GRACE_SECONDS + 1)
+    Service.objects.filter(id=service.id).update(status_changed_at=past)
+
+    first, second = reconcile(), reconcile()
+
+    assert (first.requeued, second.requeued) == (["waiting"], [])
+    Service.objects.filter(id=service.id).update(requeued_at=past)
+    assert reconcile().requeued == ["waiting"]
 
 
 @pytest.mark.django_db
