@@ -458,8 +458,8 @@ def test_detail_shows_configuration_instances_and_events(owner_client, detailed_
     assert "serves the demo" in text
     assert "<dt>Resource pool</dt><dd>public-cpu</dd>" in text
     assert "<dt>Timeout</dt><dd>7 minutes</dd>" in text
-    assert "<td>100%</td>" in text
-    assert "<td>CPU: 1 vCPU | 512 MiB</td>" in text
+    assert '<td data-label="Traffic ratio">100%</td>' in text
+    assert '<td data-label="Specification">CPU: 1 vCPU | 512 MiB</td>' in text
     assert "<code>MODEL_DIR=/models</code>" in text
     assert "<code>rts-demo-model:1.0.0</code>" in text
     # instances
