@@ -59,6 +59,8 @@ def test_an_operator_creates_a_swarm_pool_whose_nodes_come_from_the_swarm(staff_
     assert node.is_reachable and node.is_offered
     page = page_of(staff_client.get(f"/pools/{swarm_pool.id}/"))
     assert "Docker Swarm, manager" in page and "Ready" in page
+    # What the console cannot set on a Swarm task is the operator's to set on each node, and the page says so.
+    assert "<dt>On every node</dt>" in page and "dockerd --no-new-privileges" in page
     assert "Docker Swarm" in page_of(staff_client.get("/pools/"))
     assert f"/pools/{swarm_pool.id}/nodes/new/" not in page
     # Offered to its owner, as any dedicated pool, and to no one else.
