@@ -601,6 +601,11 @@ def _update_start_staged(service: Service, token: uuid.UUID, staged: list[Servic
     )
     if len(instances) == sum(config.instance_count for config in staged) and all(i.is_healthy for i in instances):
         return ""  # the prober saw them all healthy
+    if rolled_back := _swarm_rolled_back_before(service, staged, instances):
+        # A run that died after starting a rolling update Swarm has rolled back
+        # since: starting it again would only repeat the failure.
+        _update_roll_back(service, token, rolled_back, "")
+        return "rolled back"
     try:
         instances = instances_plan(service, staged)
         started = _containers_start(service, instances)
@@ -638,6 +643,27 @@ def _update_start_staged(service: Service, token: uuid.UUID, staged: list[Servic
     if pending:
         handed = _hand_over_to_prober(service, token, pending, status=ServiceStatus.UPGRADING)
         return "waiting" if handed else "lease lost"
+    return ""
+
+
+def _swarm_rolled_back_before(service: Service, staged: list[ServiceVersionConfig], instances: list[Instance]) -> str:
+    """Swarm's reason when an earlier run started the rolling update of a staged
+    configuration (its rows say their tasks started) and Swarm has rolled it
+    back since (its Swarm service runs another configuration again); else ""."""
+    started = {instance.config_id for instance in instances if instance.state == InstanceState.RUNNING}
+    for config in staged:
+        if not config.swarm_service or config.id not in started:
+            continue
+        try:
+            verdict = rolling_update_verdict(service, config)
+        except runtime.EngineError:
+            return ""  # the start that follows says what is wrong with the manager
+        if (
+            verdict is not None
+            and verdict.is_rolled_back
+            and verdict.labels.get(runtime.LABEL_CONFIG) != str(config.id)
+        ):
+            return f"Swarm rolled the update of {config.swarm_service} back: {verdict.update_message or verdict.update_state}"
     return ""
 
 

@@ -20,20 +20,27 @@ from urllib.parse import urlsplit
 import docker
 import pytest
 from django.conf import settings
+from django.utils import timezone
 
 from access.actions import access_token_create
 from pools.actions import pool_create
 from pools.models import PoolKind
 from pools.validation import PoolRequest
-from services import actions
-from services.actions import service_create
+from services import actions, lifecycle
+from services.actions import service_create, service_update
 from services.choices import ConfigPhase, InstanceState, ServiceStatus
 from services.instance_runtime import config_swarm_name, swarm_service_name
-from services.lifecycle import deploys_probe, service_delete_run, service_deploy_run, service_stop_run
+from services.lifecycle import (
+    deploys_probe,
+    service_delete_run,
+    service_deploy_run,
+    service_stop_run,
+    service_update_run,
+)
 from services.models import Service, ServiceEvent, ServiceUpdate
 from services.reconcile import reconcile
 from services.runtime import swarm
-from services.validation import parse_deploy_request
+from services.validation import parse_deploy_request, parse_update_request
 from tests.factories import DEMO_IMAGE_V2, create_service, make_version
 from tests.gateway.test_gateway import Deployed, call, echo_port, wait_until_routed
 from tests.services.test_live_update import CallLoop, row, update_and_run
@@ -484,6 +491,48 @@ def test_a_version_that_fails_after_the_traffic_moved_is_rolled_back_by_swarm_an
     assert len(rows) == 2 and all(port in ports and healthy for port, healthy in rows), (rows, ports)
     for _ in range(4):
         assert CallLoop(gateway_url, str(service.id), token)._call()[0] == 200
+
+
+class WorkerDied(Exception):
+    pass
+
+
+def test_a_worker_that_comes_back_after_swarm_rolled_the_update_back_records_it_and_does_not_start_it_again(
+    swarm_pool, swarm_manager, owner, monkeypatch
+):
+    v1 = make_version(owner)
+    service = deploy_rows_on_swarm(owner, [row(v1)])
+    (name,) = swarm_service_names(swarm_manager)
+    old_config = service.configs.get()
+    request = parse_update_request(service=service, data={"configs": [row(v1, envs={"CRASH_ON_START": "1"})]})
+    update = service_update(service=service, request=request, actor=owner)
+    assert update is not None
+
+    # The worker starts Swarm's rolling update, then dies; Swarm rolls it back meanwhile.
+    def die(*args, **kwargs):
+        raise WorkerDied
+
+    monkeypatch.setattr(lifecycle, "_health_wait", die)
+    with pytest.raises(WorkerDied):
+        service_update_run(service_id=service.id)
+    monkeypatch.undo()
+    until(
+        lambda: swarm_spec(swarm_manager, name)["UpdateStatus"]["State"] == "rollback_completed",
+        "Swarm rolled the update back",
+    )
+    Service.objects.filter(id=service.id).update(lease_expires_at=timezone.now())  # the dead worker's lease lapses
+
+    outcome = service_update_run(service_id=service.id)
+
+    update.refresh_from_db()
+    assert (outcome, update.outcome) == ("rolled back", ServiceUpdate.Outcome.ROLLED_BACK), update.reason
+    assert f"Swarm rolled the update of {name} back" in update.reason, update.reason
+    # Not started again: Swarm's last word on the service is still its rollback.
+    spec = swarm_spec(swarm_manager, name)
+    assert spec["UpdateStatus"]["State"] == "rollback_completed"
+    assert spec["Spec"]["Labels"]["rts.config"] == str(old_config.id)
+    assert list(service.configs.values_list("id", flat=True)) == [old_config.id]
+    assert Service.objects.get(id=service.id).status == ServiceStatus.RUNNING
 
 
 def test_a_drained_node_takes_the_service_down_and_active_again_brings_it_back(
