@@ -447,8 +447,9 @@ def rolling_update_start(manager_url: str, spec: VersionServiceSpec, *, parallel
 
     Safe to repeat: a service already on spec's configuration is only scaled
     to spec.replicas, and a missing one (the service was stopped since) is
-    created. (A rollback leaves no trace of the spec it rolled back from, so a
-    repeat after one starts the update again.)"""
+    created. A rollback leaves no trace of the spec it rolled back from, so a
+    repeat after one starts the update again: the lifecycle asks first
+    (services.lifecycle records the rollback instead)."""
     current = version_service(manager_url, spec.name)
     if current is None or current.labels.get(LABEL_CONFIG) == spec.labels.get(LABEL_CONFIG):
         return ensure_version_service(manager_url, spec)
