@@ -408,15 +408,22 @@ def instance_failure(instance: Instance) -> str:
     current = swarm.version_service(manager_url, name)
     if current is None:
         return f"Swarm service {name} disappeared"
-    # A rollback puts the previous spec (and labels) back; a rolling update
-    # sets the new configuration's labels as it starts, so none of its own is mistaken for this.
+    return swarm_rollback_reason(instance.config, current)
+
+
+def swarm_rollback_reason(config: ServiceVersionConfig, current: swarm.SwarmServiceInfo | None) -> str:
+    """Swarm's reason when it rolled back the rolling update that gave `config`
+    its Swarm service (`current`, as the manager lists it now), else "". A
+    rollback puts the previous spec and labels back; a rolling update sets the
+    new configuration's labels as it starts, so none of its own is mistaken for this."""
     if (
-        instance.config.swarm_service
-        and current.is_rolled_back
-        and current.labels.get(runtime.LABEL_CONFIG) != str(instance.config_id)
+        current is None
+        or not config.swarm_service
+        or not current.is_rolled_back
+        or current.labels.get(runtime.LABEL_CONFIG) == str(config.id)
     ):
-        return f"Swarm rolled the update of {name} back: {current.update_message or current.update_state}"
-    return ""
+        return ""
+    return f"Swarm rolled the update of {current.name} back: {current.update_message or current.update_state}"
 
 
 def instance_logs(instance: Instance, tail: int) -> str:

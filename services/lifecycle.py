@@ -38,6 +38,7 @@ from services.instance_runtime import (
     networks_remove,
     rolling_update_undo,
     rolling_update_verdict,
+    swarm_rollback_reason,
 )
 from services.logs import container_log_excerpt_of
 from services.metrics import DEPLOY_SECONDS
@@ -655,15 +656,11 @@ def _swarm_rolled_back_before(service: Service, staged: list[ServiceVersionConfi
         if not config.swarm_service or config.id not in started:
             continue
         try:
-            verdict = rolling_update_verdict(service, config)
+            reason = swarm_rollback_reason(config, rolling_update_verdict(service, config))
         except runtime.EngineError:
             return ""  # the start that follows says what is wrong with the manager
-        if (
-            verdict is not None
-            and verdict.is_rolled_back
-            and verdict.labels.get(runtime.LABEL_CONFIG) != str(config.id)
-        ):
-            return f"Swarm rolled the update of {config.swarm_service} back: {verdict.update_message or verdict.update_state}"
+        if reason:
+            return reason
     return ""
 
 

@@ -193,11 +193,12 @@ def _reconcile_once() -> ReconcileReport:
     }
 
     _remove_orphans(nodes, containers, services, report)
-    _remove_orphan_networks(nodes, containers, services)
+    networks = {service_network_spec(service_id).name for service_id in services}
+    _remove_orphan_networks(nodes, containers, networks)
     for view in swarms.values():
         if view is not None:
             _remove_orphan_swarm_services(view, services, report)
-            _remove_orphan_swarm_networks(view, services)
+            _remove_orphan_swarm_networks(view, networks)
     _converge_serving(services, containers, swarms, report)
     _stop_strays(services, containers)
     _auto_stop_due(services, now, report)
@@ -255,10 +256,9 @@ def _remove_orphan_swarm_services(view: SwarmView, services: dict[str, Service],
 
 
 def _remove_orphan_networks(
-    nodes: list[Node], containers: dict[int, dict[str, runtime.ContainerInfo]], services: dict[str, Service]
+    nodes: list[Node], containers: dict[int, dict[str, runtime.ContainerInfo]], wanted: set[str]
 ) -> None:
-    """Remove service networks whose service is gone (a delete that died half-way, say)."""
-    wanted = {service_network_spec(service_id).name for service_id in services}
+    """Remove service networks not `wanted` (their service is gone: a delete that died half-way, say)."""
     for node in nodes:
         if node.id not in containers:
             continue  # the engine did not answer this cycle
@@ -271,10 +271,9 @@ def _remove_orphan_networks(
             log.info("could not remove an orphan network on %s: %s", node.name, exc)
 
 
-def _remove_orphan_swarm_networks(view: SwarmView, services: dict[str, Service]) -> None:
-    """Remove overlay networks whose service is gone: a delete leaves its
-    network while Swarm still stops the tasks on it."""
-    wanted = {service_network_spec(service_id).name for service_id in services}
+def _remove_orphan_swarm_networks(view: SwarmView, wanted: set[str]) -> None:
+    """Remove overlay networks not `wanted` (their service is gone): a delete
+    leaves its network while Swarm still stops the tasks on it."""
     for name in sorted(view.network_names - wanted):
         try:
             swarm.remove_network(view.pool.manager_url, name)
