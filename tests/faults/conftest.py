@@ -150,11 +150,15 @@ class Stack:
     def gateway_children(self) -> list[int]:
         """The gateway's serving processes (not multiprocessing's resource tracker)."""
         assert self.gateway is not None
-        return [
-            pid
-            for pid in children_of(self.gateway.pid)
-            if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
-        ]
+        serving = []
+        for pid in children_of(self.gateway.pid):
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except FileNotFoundError:
+                continue  # reaped since it was listed (the one a test just killed)
+            if b"resource_tracker" not in command:
+                serving.append(pid)
+        return serving
 
     def assert_alive(self) -> None:
         for name, supervisor in self.supervisors.items():
